@@ -1,0 +1,48 @@
+# Two commands set everything up on a fresh clone: `make demo` and `make test`.
+SHELL := /bin/bash
+VENV ?= .venv
+# The newest CPython 3.11+ on the machine (pyenv installs included); override with PYTHON=...
+PYTHON ?= $(shell for p in python3.13 python3.12 $$HOME/.pyenv/versions/3.13*/bin/python3 \
+	$$HOME/.pyenv/versions/3.12*/bin/python3 python3.11 python3; do \
+	$$p -c 'import sys; assert sys.version_info >= (3, 11)' >/dev/null 2>&1 && { echo $$p; break; }; done)
+PIP := $(VENV)/bin/python -m pip
+PYTEST_ARGS ?=
+
+.PHONY: demo test lint bench autobahn clean install
+
+$(VENV)/bin/python:
+	@test -n "$(PYTHON)" || { echo "Error: no CPython 3.11+ found; set PYTHON=/path/to/python3" >&2; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+
+$(VENV)/.installed: $(VENV)/bin/python pyproject.toml
+	$(PIP) install -q -e .
+	@touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed
+	$(PIP) install -q -e '.[dev]'
+	@touch $@
+
+$(VENV)/.installed-bench: $(VENV)/.installed
+	$(PIP) install -q -e '.[bench,dev]'
+	@touch $@
+
+install: $(VENV)/.installed
+
+demo: $(VENV)/.installed
+	$(VENV)/bin/aserve demo:app --app-dir examples --host 127.0.0.1 --port 8000
+
+lint: $(VENV)/.installed-dev
+	$(VENV)/bin/ruff check src tests benchmarks examples
+
+test: lint
+	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+bench: $(VENV)/.installed-bench
+	$(VENV)/bin/python benchmarks/run.py $(BENCH_ARGS)
+
+autobahn: $(VENV)/.installed-dev
+	$(VENV)/bin/python benchmarks/autobahn.py $(AUTOBAHN_ARGS)
+
+clean:
+	rm -rf $(VENV) build src/*.egg-info .pytest_cache .ruff_cache

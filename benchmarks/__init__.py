@@ -1,0 +1,1 @@
+"""Benchmark harness for aserve (see benchmarks/README.md)."""

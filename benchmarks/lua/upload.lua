@@ -1,0 +1,4 @@
+-- POST a 1 MiB body on every request (wrk.format adds Content-Length).
+wrk.method = "POST"
+wrk.body = string.rep("a", 1048576)
+wrk.headers["Content-Type"] = "application/octet-stream"

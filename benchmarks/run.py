@@ -1,0 +1,240 @@
+"""aserve vs uvicorn vs granian benchmark (interleaved rounds, medians, table, JSON, PNG).
+
+    python benchmarks/run.py [--rounds N] [--duration SECONDS] [--quick]
+
+Each server runs one worker pinned to core 0 (taskset -c 0); wrk and the other
+load clients run on core 1. Results go to benchmarks/results/.
+"""
+
+import argparse
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+if not __package__:  # run as a script: make `benchmarks` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks import deps, report
+from benchmarks.idle import idle_memory, raise_nofile_limit
+from benchmarks.servers import (
+    HOST,
+    REPO_ROOT,
+    SERVERS,
+    ServerError,
+    start_server,
+    stop_server,
+)
+from benchmarks.workloads import WORKLOADS, check_response
+from benchmarks.wrk import run_wrk
+
+SERVER_CORE, LOAD_CORE = 0, 1
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+def positive_int(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be >= 1 (wrk takes whole seconds)")
+    return value
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=positive_int, default=5,
+                        help="interleaved rounds (default 5)")
+    parser.add_argument("--duration", type=positive_int, default=6,
+                        help="seconds of load per workload (default 6)")
+    parser.add_argument("--warmup", type=int, default=1,
+                        help="seconds of warm-up load after each server start (default 1)")
+    parser.add_argument("--idle-connections", type=int, default=5000,
+                        help="connections held open by the memory test (default 5000)")
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke run: 1 round, 2 s per workload, 1000 idle connections")
+    parser.add_argument("--servers", default=",".join(SERVERS),
+                        help="comma-separated subset of " + ",".join(SERVERS))
+    parser.add_argument("--workloads", default="",
+                        help="comma-separated subset of workload names (default: all)")
+    parser.add_argument("--start-timeout", type=float, default=10.0)
+    parser.add_argument("--output-dir", type=Path, default=RESULTS_DIR)
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.rounds, args.duration, args.warmup = 1, 2, 1
+        args.idle_connections = min(args.idle_connections, 1000)
+    return args
+
+
+def select(names, available, what):
+    chosen = [n.strip() for n in names.split(",") if n.strip()] or list(available)
+    unknown = sorted(set(chosen) - set(available))
+    if unknown:
+        sys.exit(f"error: unknown {what}: {', '.join(unknown)} (known: {', '.join(available)})")
+    return chosen
+
+
+def selected_workloads(args):
+    names = select(args.workloads, [w.name for w in WORKLOADS], "workload")
+    return [dataclasses.replace(w, connections=args.idle_connections) if w.kind == "memory"
+            else w for w in WORKLOADS if w.name in names]
+
+
+def group_by_start(workloads):
+    """Consecutive lists of workloads that share one server start (same app and kind)."""
+    groups = {}
+    for workload in workloads:
+        groups.setdefault(workload.start_key, []).append(workload)
+    return list(groups.values())
+
+
+def prepare_machine(idle_connections):
+    """Check the two cores, move this process to the load core, raise the fd limit."""
+    cores = os.sched_getaffinity(0)
+    if not {SERVER_CORE, LOAD_CORE} <= cores:
+        sys.exit(f"error: need CPU cores {SERVER_CORE} and {LOAD_CORE}, have {sorted(cores)}")
+    os.sched_setaffinity(0, {LOAD_CORE})
+    limit = raise_nofile_limit(max(65536, 2 * idle_connections + 1024))
+    if limit < idle_connections + 256:
+        sys.exit(f"error: RLIMIT_NOFILE {limit} is too low for {idle_connections} connections")
+
+
+def measure_http(workload, port, duration):
+    result = run_wrk(f"http://{HOST}:{port}{workload.path}", connections=workload.connections,
+                     duration=duration, core=LOAD_CORE, script=workload.script,
+                     script_args=workload.script_args)
+    if not result["requests"]:
+        raise RuntimeError(f"wrk completed no request: {result['errors']}")
+    if not workload.latency:
+        result["p50_ms"] = result["p99_ms"] = None
+    return result
+
+
+def measure_ws(workload, port, duration, warmup):
+    cmd = ["taskset", "-c", str(LOAD_CORE), sys.executable, "-m", "benchmarks.wsload",
+           "--port", str(port), "--connections", str(workload.connections),
+           "--duration", str(duration), "--warmup", str(warmup)]
+    done = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, check=False,
+                          timeout=duration + warmup + 60)
+    if done.returncode != 0:
+        raise RuntimeError(f"ws client failed: {done.stderr.strip()[-500:]}")
+    result = json.loads(done.stdout)
+    if not result["connections_ok"]:
+        raise RuntimeError(f"no websocket connection worked: {result['first_error']}")
+    return result
+
+
+def measure(workload, server, duration, warmup):
+    """Check one response, then load the server; returns the result dict."""
+    if workload.kind == "ws":
+        return measure_ws(workload, server.port, duration, warmup)
+    problem = check_response(workload, server.port)
+    if problem:
+        raise RuntimeError(problem)
+    if workload.kind == "memory":
+        return idle_memory(server.process.pid, server.port, workload.connections)
+    return measure_http(workload, server.port, duration)
+
+
+def warm_up(group, server, seconds):
+    first = group[0]
+    if first.kind == "http" and seconds > 0 and check_response(first, server.port) is None:
+        measure_http(first, server.port, seconds)
+
+
+def run_group(name, group, args, round_number):
+    """Start `name` once for `group`, measure each workload, stop it; return run records."""
+    base = {"round": round_number, "server": name}
+    try:
+        idle = group[0].connections if group[0].kind == "memory" else 0
+        server = start_server(name, group[0].app, core=SERVER_CORE, timeout=args.start_timeout,
+                              websocket=group[0].kind == "ws", idle_connections=idle)
+    except ServerError as exc:
+        return [{**base, "workload": w.name, "ok": False, "start_failed": True,
+                 "error": f"server start failed: {exc}"} for w in group]
+    records = []
+    try:
+        warm_up(group, server, args.warmup)
+        for workload in group:
+            record = {**base, "workload": workload.name}
+            try:
+                record.update(measure(workload, server, args.duration, args.warmup), ok=True)
+            except (RuntimeError, OSError, subprocess.SubprocessError, ValueError) as exc:
+                record.update(ok=False, error=str(exc))
+            print_progress(record, workload)
+            records.append(record)
+    finally:
+        stop_server(server)
+    return records
+
+
+def print_progress(record, workload):
+    head = f"  [round {record['round']}] {record['server']:<8} {workload.name:<12}"
+    if not record["ok"]:
+        print(f"{head} FAILED: {record['error'].splitlines()[0]}", flush=True)
+        return
+    latency = ""
+    if record.get("p50_ms") is not None:
+        latency = f"  p50 {record['p50_ms']:.2f} ms  p99 {record['p99_ms']:.2f} ms"
+    errors = {k: v for k, v in record.get("errors", {}).items() if v}
+    print(f"{head} {record['value']:>12,.1f} {workload.unit}{latency}"
+          f"{'  errors ' + str(errors) if errors else ''}", flush=True)
+
+
+def run_rounds(args, servers, workloads):
+    """Interleave: every round runs every server through every workload group."""
+    runs, broken = [], set()
+    groups = group_by_start(workloads)
+    for round_number in range(1, args.rounds + 1):
+        print(f"round {round_number}/{args.rounds}", flush=True)
+        for name in servers:
+            for group in groups:
+                if (name, group[0].start_key) in broken:
+                    continue
+                records = run_group(name, group, args, round_number)
+                if any(r.get("start_failed") for r in records):
+                    broken.add((name, group[0].start_key))
+                    print(f"  [round {round_number}] {name:<8} {records[0]['error']}",
+                          flush=True)
+                runs += records
+    return runs
+
+
+def write_results(args, servers, workloads, runs, elapsed):
+    summary = report.summarize(runs, workloads, servers)
+    config = {"rounds": args.rounds, "duration": args.duration, "warmup": args.warmup,
+              "quick": args.quick, "idle_connections": args.idle_connections,
+              "servers": servers, "server_core": SERVER_CORE, "load_core": LOAD_CORE,
+              "elapsed_seconds": round(elapsed, 1)}
+    meta = report.metadata(config)
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    stem = args.output_dir / f"bench-{time.strftime('%Y%m%d-%H%M%S')}"
+    report.save_json(stem.with_suffix(".json"), meta, workloads, runs, summary)
+    title = (f"median of {args.rounds} round(s), {args.duration:g}s each - Python "
+             f"{sys.version.split()[0]} - {meta['machine']['cpu']}")
+    report.save_plot(stem.with_suffix(".png"), summary, workloads, servers, title)
+    print("\n" + report.format_tables(summary, workloads, servers))
+    failures = report.format_failures(summary, servers)
+    if failures:
+        print("\nfailures:\n" + failures)
+    print("\n'!' = some runs reported socket errors / non-2xx answers (see JSON)")
+    print(f"saved {stem.with_suffix('.json')} and {stem.with_suffix('.png')} "
+          f"({elapsed / 60:.1f} min)")
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    servers = select(args.servers, SERVERS, "server")
+    workloads = selected_workloads(args)
+    deps.ensure_wrk()
+    deps.ensure_python_packages()
+    prepare_machine(args.idle_connections)
+    started = time.monotonic()
+    runs = run_rounds(args, servers, workloads)
+    write_results(args, servers, workloads, runs, time.monotonic() - started)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,234 @@
+"""The command line. Flag names follow uvicorn's wherever a flag means the same thing."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+from aserve import __version__
+from aserve.config import DEFAULT_TIMEOUT_KEEP_ALIVE, LOG_LEVELS, ConfigError, parse_header_option
+
+EXIT_CONFIG_ERROR = 1
+EXIT_STARTUP_FAILURE = 3
+
+
+def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if value and not ctx.resilient_parsing:
+        click.echo(f"aserve {__version__} ({sys.implementation.name} {sys.version.split()[0]})")
+        ctx.exit()
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("app")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Bind socket to this host.")
+@click.option(
+    "--port",
+    type=int,
+    default=8000,
+    show_default=True,
+    help="Bind socket to this port (0: any free port).",
+)
+@click.option("--uds", default=None, help="Bind to a UNIX domain socket.")
+@click.option("--fd", type=int, default=None, help="Bind to a socket from this file descriptor.")
+@click.option(
+    "--loop",
+    type=click.Choice(["auto", "asyncio", "uvloop"]),
+    default="auto",
+    show_default=True,
+    help="Event loop implementation.",
+)
+@click.option(
+    "--ws",
+    type=click.Choice(["auto", "websockets", "none"]),
+    default="auto",
+    show_default=True,
+    help="WebSocket support.",
+)
+@click.option(
+    "--ws-max-size",
+    type=int,
+    default=16 * 1024 * 1024,
+    show_default=True,
+    help="Largest WebSocket message in bytes.",
+)
+@click.option(
+    "--ws-max-queue",
+    type=int,
+    default=32,
+    show_default=True,
+    help="Incoming WebSocket messages buffered before reading stops.",
+)
+@click.option(
+    "--ws-ping-interval",
+    type=float,
+    default=20.0,
+    show_default=True,
+    help="Seconds between WebSocket pings.",
+)
+@click.option(
+    "--ws-ping-timeout",
+    type=float,
+    default=20.0,
+    show_default=True,
+    help="Seconds to wait for a pong before dropping the peer.",
+)
+@click.option(
+    "--ws-per-message-deflate",
+    type=bool,
+    default=True,
+    show_default=True,
+    help="Negotiate WebSocket per-message-deflate compression.",
+)
+@click.option(
+    "--lifespan",
+    type=click.Choice(["auto", "on", "off"]),
+    default="auto",
+    show_default=True,
+    help="Lifespan implementation.",
+)
+@click.option(
+    "--interface",
+    type=click.Choice(["auto", "asgi3", "asgi2"]),
+    default="auto",
+    show_default=True,
+    help="Application interface.",
+)
+@click.option(
+    "--env-file",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="Environment configuration file (KEY=VALUE lines).",
+)
+@click.option(
+    "--log-config",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="Logging configuration file (.json, .yaml or .ini).",
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(LOG_LEVELS, case_sensitive=False),
+    default=None,
+    help="Log level. [default: info]",
+)
+@click.option(
+    "--access-log/--no-access-log",
+    default=True,
+    show_default=True,
+    help="Enable/disable the access log.",
+)
+@click.option(
+    "--access-log-format",
+    default=None,
+    help="Access log line as a format string, e.g. "
+    "'{client} \"{method} {full_path}\" {status} {bytes} {duration_ms}ms'. "
+    "See docs/cli.md for the fields.",
+)
+@click.option(
+    "--proxy-headers/--no-proxy-headers",
+    default=True,
+    show_default=True,
+    help="Trust X-Forwarded-For and X-Forwarded-Proto from --forwarded-allow-ips.",
+)
+@click.option(
+    "--forwarded-allow-ips",
+    default=None,
+    help="Comma-separated IPs or CIDR networks to trust proxy headers from, or '*'. "
+    "Defaults to $FORWARDED_ALLOW_IPS or 127.0.0.1.",
+)
+@click.option(
+    "--root-path", default="", help="Set the ASGI root_path for an app mounted below a path prefix."
+)
+@click.option(
+    "--limit-concurrency",
+    type=int,
+    default=None,
+    help="Maximum concurrent connections or tasks before answering 503.",
+)
+@click.option(
+    "--backlog",
+    type=int,
+    default=2048,
+    show_default=True,
+    help="Maximum number of waiting connections.",
+)
+@click.option(
+    "--timeout-keep-alive",
+    type=float,
+    default=DEFAULT_TIMEOUT_KEEP_ALIVE,
+    show_default=True,
+    help="Close idle keep-alive connections after this many seconds. Keep it longer than "
+    "the idle timeout of any load balancer in front.",
+)
+@click.option(
+    "--timeout-graceful-shutdown",
+    type=float,
+    default=30.0,
+    show_default=True,
+    help="Seconds to wait for in-flight requests on shutdown.",
+)
+@click.option(
+    "--header", "headers", multiple=True, help="Extra response header, NAME:VALUE (repeatable)."
+)
+@click.option(
+    "--server-header/--no-server-header",
+    default=True,
+    show_default=True,
+    help="Send a 'Server: aserve' header.",
+)
+@click.option(
+    "--date-header/--no-date-header", default=True, show_default=True, help="Send a 'Date' header."
+)
+@click.option(
+    "--factory", is_flag=True, default=False, help="APP is a factory: call it to get the app."
+)
+@click.option(
+    "--app-dir",
+    default="",
+    show_default=True,
+    help="Look for APP in this directory (added to sys.path). Default: the current directory.",
+)
+@click.option(
+    "--version",
+    is_flag=True,
+    callback=_print_version,
+    expose_value=False,
+    is_eager=True,
+    help="Show the version and exit.",
+)
+def cli(app: str, headers: tuple[str, ...], app_dir: str, **options: Any) -> None:
+    """Serve APP, given as "module:attribute" (for example "main:app")."""
+    from aserve.lifespan import LifespanFailure
+    from aserve.server import serve
+
+    try:
+        serve(
+            app,
+            headers=[parse_header_option(header) for header in headers],
+            app_dir=app_dir or ".",
+            **options,
+        )
+    except ConfigError as exc:
+        _fail(str(exc), EXIT_CONFIG_ERROR)
+    except LifespanFailure as exc:
+        _fail(f"application startup failed: {exc}", EXIT_STARTUP_FAILURE)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: a usage error is one line naming the problem and exit code 1."""
+    try:
+        code = cli.main(args=argv, prog_name="aserve", standalone_mode=False)
+    except click.UsageError as exc:
+        hint = " (see 'aserve --help')" if not isinstance(exc, click.BadParameter) else ""
+        _fail(exc.format_message() + hint, EXIT_CONFIG_ERROR)
+    except click.Abort:
+        _fail("aborted", EXIT_CONFIG_ERROR)
+    else:
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+def _fail(message: str, code: int) -> None:
+    click.echo(f"Error: {message}", err=True)
+    sys.exit(code)

@@ -1,0 +1,194 @@
+"""One validated configuration object.
+
+`Config` only holds and checks values. Importing the app lives in `importer.py`, logging in
+`logging.py`, sockets in `sockets.py`: each can be used (and tested) without the others.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import string
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from aserve.logging import ACCESS_LOG_FIELDS
+
+LoopSetting = Literal["auto", "asyncio", "uvloop"]
+LifespanSetting = Literal["auto", "on", "off"]
+InterfaceSetting = Literal["auto", "asgi3", "asgi2"]
+WSSetting = Literal["auto", "websockets", "none"]
+
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
+
+# Longer than the idle timeouts of common load balancers (AWS ALB 60 s, nginx upstream keepalive
+# 60 s), so the balancer always closes an idle connection first. A server that closes first races
+# the balancer's next request on that connection, and the balancer answers the client with a 502.
+DEFAULT_TIMEOUT_KEEP_ALIVE = 65.0
+
+
+class ConfigError(ValueError):
+    """A setting is invalid. The message is one line that names the setting."""
+
+
+@dataclass(kw_only=True)
+class Config:
+    """Everything the server needs to know, checked once at construction.
+
+    Names and defaults follow uvicorn's where they mean the same, so switching is one word.
+    """
+
+    app: Any
+    host: str = "127.0.0.1"
+    port: int = 8000
+    uds: str | None = None
+    fd: int | None = None
+    loop: LoopSetting = "auto"
+    ws: WSSetting = "auto"
+    ws_max_size: int = 16 * 1024 * 1024
+    ws_max_queue: int = 32
+    ws_ping_interval: float | None = 20.0
+    ws_ping_timeout: float | None = 20.0
+    ws_per_message_deflate: bool = True
+    lifespan: LifespanSetting = "auto"
+    interface: InterfaceSetting = "auto"
+    factory: bool = False
+    app_dir: str | None = None
+    env_file: str | os.PathLike[str] | None = None
+    log_config: dict[str, Any] | str | os.PathLike[str] | None = None
+    log_level: str | int | None = None
+    access_log: bool = True
+    access_log_format: str | None = None
+    proxy_headers: bool = True
+    forwarded_allow_ips: str | Sequence[str] | None = None
+    root_path: str = ""
+    limit_concurrency: int | None = None
+    backlog: int = 2048
+    timeout_keep_alive: float = DEFAULT_TIMEOUT_KEEP_ALIVE
+    timeout_graceful_shutdown: float | None = 30.0
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    server_header: bool = True
+    date_header: bool = True
+    h11_max_incomplete_event_size: int | None = None  # accepted for uvicorn compatibility
+
+    def __post_init__(self) -> None:
+        if self.env_file is not None:
+            load_env_file(self.env_file)
+        if self.forwarded_allow_ips is None:
+            self.forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
+        self._validate()
+
+    def _validate(self) -> None:
+        _choice("loop", self.loop, ("auto", "asyncio", "uvloop"))
+        _choice("ws", self.ws, ("auto", "websockets", "none"))
+        _choice("lifespan", self.lifespan, ("auto", "on", "off"))
+        _choice("interface", self.interface, ("auto", "asgi3", "asgi2"))
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"port must be between 0 and 65535, got {self.port}")
+        if sum(x is not None for x in (self.uds, self.fd)) > 1:
+            raise ConfigError("use only one of uds and fd")
+        _positive("backlog", self.backlog)
+        _positive("ws_max_size", self.ws_max_size)
+        _positive("ws_max_queue", self.ws_max_queue)
+        if self.timeout_keep_alive <= 0:
+            raise ConfigError("timeout_keep_alive must be greater than 0")
+        if self.timeout_graceful_shutdown is not None and self.timeout_graceful_shutdown < 0:
+            raise ConfigError("timeout_graceful_shutdown must be 0 or more")
+        if self.limit_concurrency is not None:
+            _positive("limit_concurrency", self.limit_concurrency)
+        for name in ("ws_ping_interval", "ws_ping_timeout"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ConfigError(f"{name} must be greater than 0, or None to disable it")
+        if isinstance(self.log_level, str) and self.log_level.lower() not in LOG_LEVELS:
+            raise ConfigError(
+                f"log_level must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}"
+            )
+        if self.root_path and not self.root_path.startswith("/"):
+            raise ConfigError(f"root_path must start with '/', got {self.root_path!r}")
+        self.root_path = self.root_path.rstrip("/")
+        self.headers = [_check_header(name, value) for name, value in self.headers]
+        if self.access_log_format is not None:
+            check_access_log_format(self.access_log_format)
+        from aserve.proxy import parse_trusted  # validates the list, one error line per bad entry
+
+        parse_trusted(self.forwarded_allow_ips)
+
+    @property
+    def bind_description(self) -> str:
+        if self.uds is not None:
+            return f"unix socket {self.uds}"
+        if self.fd is not None:
+            return f"socket from file descriptor {self.fd}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+
+def _choice(name: str, value: object, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+
+
+def _positive(name: str, value: int) -> None:
+    if not isinstance(value, int) or value <= 0:
+        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+
+
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_FIELD_VALUE = re.compile(r"[\t\x20-\x7e\x80-\xff]*")
+
+
+def _check_header(name: str, value: str) -> tuple[str, str]:
+    if not _TOKEN.fullmatch(name):
+        raise ConfigError(f"header name {name!r} is not a valid HTTP token")
+    if not _FIELD_VALUE.fullmatch(value):
+        raise ConfigError(f"header {name!r} has a control character in its value")
+    return name, value.strip()
+
+
+def parse_header_option(option: str) -> tuple[str, str]:
+    """`--header NAME:VALUE` as given on the command line."""
+    name, sep, value = option.partition(":")
+    if not sep:
+        raise ConfigError(f"header {option!r} must be given as NAME:VALUE")
+    return _check_header(name.strip(), value.strip())
+
+
+def check_access_log_format(fmt: str) -> None:
+    try:
+        parsed = list(string.Formatter().parse(fmt))
+    except ValueError as exc:
+        raise ConfigError(f"access_log_format is not a valid format string: {exc}") from None
+    for _, name, _, _ in parsed:
+        if name is not None and name not in ACCESS_LOG_FIELDS:
+            raise ConfigError(
+                f"access_log_format has unknown field {{{name}}}; "
+                f"known fields: {', '.join(sorted(ACCESS_LOG_FIELDS))}"
+            )
+
+
+def load_env_file(path: str | os.PathLike[str]) -> None:
+    """Read KEY=VALUE lines into the environment; variables already set win, as with dotenv."""
+    try:
+        with open(path, encoding="utf-8") as file:
+            lines = file.read().splitlines()
+    except OSError as exc:
+        raise ConfigError(f"cannot read env file {os.fspath(path)!r}: {exc.strerror}") from None
+    for number, raw in enumerate(lines, 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("export "):
+            line = line[len("export ") :].lstrip()
+        key, sep, value = line.partition("=")
+        key = key.strip()
+        if not sep or not key.isidentifier():
+            raise ConfigError(f"env file {os.fspath(path)!r} line {number}: expected KEY=VALUE")
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        elif " #" in value:
+            value = value.split(" #", 1)[0].rstrip()
+        if key not in os.environ:
+            os.environ[key] = value

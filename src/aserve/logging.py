@@ -1,0 +1,239 @@
+"""Logging set-up and the access log.
+
+Loggers: ``aserve.error`` (server events, app errors) and ``aserve.access`` (one line per
+response). The access log does no work at all when it is off, and everything a client controls
+is escaped before it reaches a log line, so a request cannot forge log lines or send terminal
+escapes to an operator's screen.
+"""
+
+from __future__ import annotations
+
+import http
+import json
+import logging
+import logging.config
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+TRACE = 5
+logging.addLevelName(TRACE, "TRACE")
+
+error_logger = logging.getLogger("aserve.error")
+
+LEVELS = {
+    "critical": logging.CRITICAL,
+    "error": logging.ERROR,
+    "warning": logging.WARNING,
+    "info": logging.INFO,
+    "debug": logging.DEBUG,
+    "trace": TRACE,
+}
+
+LOGGING_CONFIG: dict[str, Any] = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {
+        "default": {"()": "aserve.logging.DefaultFormatter", "fmt": "%(levelprefix)s %(message)s"},
+        "access": {"()": "aserve.logging.DefaultFormatter", "fmt": "%(levelprefix)s %(message)s"},
+    },
+    "handlers": {
+        "default": {
+            "formatter": "default",
+            "class": "logging.StreamHandler",
+            "stream": "ext://sys.stderr",
+        },
+        "access": {
+            "formatter": "access",
+            "class": "logging.StreamHandler",
+            "stream": "ext://sys.stdout",
+        },
+    },
+    "loggers": {
+        "aserve": {"handlers": ["default"], "level": "INFO", "propagate": False},
+        "aserve.error": {"level": "INFO"},
+        "aserve.access": {"handlers": ["access"], "level": "INFO", "propagate": False},
+    },
+}
+
+_LEVEL_COLOURS = {
+    TRACE: "\x1b[34m",
+    logging.DEBUG: "\x1b[36m",
+    logging.INFO: "\x1b[32m",
+    logging.WARNING: "\x1b[33m",
+    logging.ERROR: "\x1b[31m",
+    logging.CRITICAL: "\x1b[91m",
+}
+
+
+class DefaultFormatter(logging.Formatter):
+    """uvicorn's look: ``INFO:     message``, coloured only when writing to a terminal."""
+
+    def __init__(
+        self, fmt: str | None = None, datefmt: str | None = None, use_colors: bool | None = None
+    ) -> None:
+        super().__init__(fmt=fmt, datefmt=datefmt)
+        self.use_colors = use_colors
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        prefix = f"{record.levelname}:".ljust(9)
+        if self._colours_for(record):
+            colour = _LEVEL_COLOURS.get(record.levelno, "")
+            prefix = f"{colour}{prefix}\x1b[0m"
+        record.__dict__["levelprefix"] = prefix
+        return super().formatMessage(record)
+
+    def _colours_for(self, record: logging.LogRecord) -> bool:
+        if self.use_colors is not None:
+            return self.use_colors
+        stream = sys.stdout if record.name == "aserve.access" else sys.stderr
+        return bool(getattr(stream, "isatty", None) and stream.isatty())
+
+
+def configure_logging(
+    log_config: dict[str, Any] | str | os.PathLike[str] | None,
+    log_level: str | int | None,
+    access_log: bool,
+) -> None:
+    """Apply the default config (or the user's file or dict), then the level and access switch."""
+    if log_config is None:
+        logging.config.dictConfig(LOGGING_CONFIG)
+    elif isinstance(log_config, dict):
+        logging.config.dictConfig(log_config)
+    else:
+        _load_log_config_file(os.fspath(log_config))
+    if log_level is not None:
+        level = LEVELS[log_level.lower()] if isinstance(log_level, str) else log_level
+        for name in ("aserve", "aserve.error", "aserve.access"):
+            logging.getLogger(name).setLevel(level)
+    if not access_log:
+        access = logging.getLogger("aserve.access")
+        access.handlers = []
+        access.propagate = False
+
+
+def _load_log_config_file(path: str) -> None:
+    from aserve.config import ConfigError
+
+    if not os.path.exists(path):
+        raise ConfigError(f"log config file {path!r} does not exist")
+    if path.endswith(".json"):
+        with open(path, encoding="utf-8") as file:
+            logging.config.dictConfig(json.load(file))
+    elif path.endswith((".yaml", ".yml")):
+        try:
+            import yaml
+        except ImportError:
+            raise ConfigError(f"log config {path!r} is YAML; install PyYAML to read it") from None
+        with open(path, encoding="utf-8") as file:
+            logging.config.dictConfig(yaml.safe_load(file))
+    else:
+        logging.config.fileConfig(path, disable_existing_loggers=False)
+
+
+# --- escaping -------------------------------------------------------------------------------
+
+_ESCAPES = {code: f"\\x{code:02x}" for code in (*range(0x20), 0x7F)}
+_ESCAPES[ord('"')] = '\\"'
+_ESCAPES[ord("\\")] = "\\\\"
+
+
+def escape(text: str) -> str:
+    """Make client-controlled text safe for one log line (no CR/LF/ESC, quotes escaped)."""
+    if text.isprintable() and '"' not in text and "\\" not in text:
+        return text
+    return "".join(_ESCAPES.get(ord(ch), ch if ch.isprintable() else repr(ch)[1:-1]) for ch in text)
+
+
+def escape_bytes(raw: bytes) -> str:
+    return escape(raw.decode("latin-1"))
+
+
+# --- access log -----------------------------------------------------------------------------
+
+DEFAULT_ACCESS_LOG_FORMAT = (
+    '{client} - "{method} {full_path} HTTP/{http_version}" {status} {status_phrase}'
+)
+
+
+def _header(name: bytes) -> Callable[[AccessRecord], str]:
+    def get(record: AccessRecord) -> str:
+        for key, value in record.scope["headers"]:
+            if key == name:
+                return escape_bytes(value)
+        return "-"
+
+    return get
+
+
+def _client(record: AccessRecord) -> str:
+    client = record.scope.get("client")
+    return f"{client[0]}:{client[1]}" if client else "-"
+
+
+def _full_path(record: AccessRecord) -> str:
+    scope = record.scope
+    path = escape(scope["path"])
+    query = scope["query_string"]
+    return f"{path}?{escape_bytes(query)}" if query else path
+
+
+def _status_phrase(record: AccessRecord) -> str:
+    try:
+        return http.HTTPStatus(record.status).phrase
+    except ValueError:
+        return ""
+
+
+ACCESS_LOG_FIELDS: dict[str, Callable[[AccessRecord], object]] = {
+    "client": _client,
+    "client_ip": lambda r: r.scope["client"][0] if r.scope.get("client") else "-",
+    "method": lambda r: escape(r.scope["method"]),
+    "path": lambda r: escape(r.scope["path"]),
+    "query": lambda r: escape_bytes(r.scope["query_string"]),
+    "full_path": _full_path,
+    "http_version": lambda r: r.scope["http_version"],
+    "scheme": lambda r: r.scope["scheme"],
+    "status": lambda r: r.status,
+    "status_phrase": _status_phrase,
+    "bytes": lambda r: r.body_bytes,
+    "duration": lambda r: f"{r.duration:.6f}",
+    "duration_ms": lambda r: f"{r.duration * 1000:.3f}",
+    "user_agent": _header(b"user-agent"),
+    "referer": _header(b"referer"),
+    "request_id": _header(b"x-request-id"),
+}
+
+
+class AccessRecord:
+    """What the access log needs about one response; built only when the log is on."""
+
+    __slots__ = ("body_bytes", "duration", "scope", "status")
+
+    def __init__(self, scope: dict[str, Any], status: int, body_bytes: int, duration: float):
+        self.scope = scope
+        self.status = status
+        self.body_bytes = body_bytes
+        self.duration = duration
+
+
+class AccessLog:
+    """Formats and emits access lines; `enabled` is False when nothing would be written."""
+
+    __slots__ = ("_fields", "_format", "_logger", "enabled")
+
+    def __init__(self, enabled: bool, fmt: str | None = None) -> None:
+        import string
+
+        self._logger = logging.getLogger("aserve.access")
+        self._format = fmt or DEFAULT_ACCESS_LOG_FORMAT
+        self._fields = tuple(
+            name for _, name, _, _ in string.Formatter().parse(self._format) if name
+        )
+        self.enabled = enabled and self._logger.isEnabledFor(logging.INFO)
+
+    def log(self, scope: dict[str, Any], status: int, body_bytes: int, duration: float) -> None:
+        record = AccessRecord(scope, status, body_bytes, duration)
+        values = {name: ACCESS_LOG_FIELDS[name](record) for name in self._fields}
+        self._logger.info(self._format.format_map(values))

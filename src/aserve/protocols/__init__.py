@@ -1,0 +1,1 @@
+"""Per-connection protocols: HTTP/1.1 (`http`) and WebSocket (`websocket`)."""

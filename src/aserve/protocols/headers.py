@@ -1,0 +1,121 @@
+"""Validating and encoding response headers an app hands us.
+
+Every name must be an HTTP token and no value may hold a control character (CR, LF and NUL
+among them): otherwise an app that copies user input into a header would let that user inject
+headers or whole responses. Validated blocks are cached by their exact content, because most
+apps send the same few header lists over and over.
+"""
+
+from __future__ import annotations
+
+import http
+import re
+from collections.abc import Iterable
+
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+_DIGITS = re.compile(rb"[0-9]+")
+
+_CACHE_LIMIT = 512
+
+STATUS_LINES: dict[int, bytes] = {
+    status.value: b"HTTP/1.1 %d %s\r\n" % (status.value, status.phrase.encode("ascii"))
+    for status in http.HTTPStatus
+}
+
+
+def status_line(status: int) -> bytes:
+    line = STATUS_LINES.get(status)
+    if line is None:
+        if type(status) is not int or not 100 <= status <= 999:
+            raise InvalidResponse(f"invalid HTTP status {status!r}")
+        line = b"HTTP/1.1 %d \r\n" % status
+    return line
+
+
+class InvalidResponse(RuntimeError):
+    """The app sent something that cannot go on the wire."""
+
+
+class HeaderBlock:
+    """An app's header list, validated and encoded, plus what framing needs to know of it."""
+
+    __slots__ = (
+        "chunked",
+        "close",
+        "content_length",
+        "data",
+        "has_date",
+        "has_server",
+    )
+
+    def __init__(self) -> None:
+        self.data = b""
+        self.content_length = -1
+        self.chunked = False
+        self.close = False
+        self.has_server = False
+        self.has_date = False
+
+
+_cache: dict[tuple[object, ...], HeaderBlock] = {}
+
+
+def encode_headers(headers: Iterable[tuple[bytes, bytes]]) -> HeaderBlock:
+    try:
+        key = tuple(headers)
+        block = _cache.get(key)
+    except TypeError:  # lists inside: unhashable, so not cacheable
+        return _encode(headers)
+    if block is None:
+        block = _encode(key)
+        if len(_cache) >= _CACHE_LIMIT:
+            _cache.clear()
+        _cache[key] = block
+    return block
+
+
+def _encode(headers: Iterable[tuple[bytes, bytes]]) -> HeaderBlock:
+    block = HeaderBlock()
+    lines = []
+    for item in headers:
+        try:
+            name, value = item
+        except (TypeError, ValueError):
+            raise InvalidResponse(f"response header {item!r} is not a (name, value) pair") from None
+        if type(name) is not bytes or type(value) is not bytes:
+            if not isinstance(name, bytes | bytearray) or not isinstance(value, bytes | bytearray):
+                raise InvalidResponse(f"response header {item!r} must be a pair of byte strings")
+            name, value = bytes(name), bytes(value)
+        if not _TOKEN.fullmatch(name):
+            raise InvalidResponse(f"invalid response header name {name!r}")
+        if _CONTROL.search(value):
+            raise InvalidResponse(
+                f"response header {name.decode('latin-1')!r} has a control character in its value"
+            )
+        lower = name.lower()
+        if lower == b"content-length":
+            if not _DIGITS.fullmatch(value) or (
+                block.content_length >= 0 and block.content_length != int(value)
+            ):
+                raise InvalidResponse(f"invalid Content-Length {value!r}")
+            block.content_length = int(value)
+        elif lower == b"transfer-encoding":
+            if value.lower().strip() != b"chunked":
+                raise InvalidResponse(f"unsupported Transfer-Encoding {value!r}")
+            block.chunked = True
+            continue  # the server adds its own when it frames the body as chunks
+        elif lower == b"connection":
+            tokens = {token.strip() for token in value.lower().split(b",")}
+            if b"close" in tokens:
+                block.close = True
+            continue  # hop-by-hop: the server writes the one that matches what it will do
+        elif lower == b"server":
+            block.has_server = True
+        elif lower == b"date":
+            block.has_date = True
+        lines.append(b"%s: %s\r\n" % (name, value))
+    if block.chunked and block.content_length >= 0:
+        raise InvalidResponse("response has both Content-Length and Transfer-Encoding")
+    block.data = b"".join(lines)
+    return block

@@ -1,0 +1,722 @@
+"""One HTTP/1.1 connection: httptools parsing, pipelining, keep-alive and flow control.
+
+A connection owns a queue of parsed requests (`RequestCycle`) and answers them strictly in
+order; at most one app call is answering at a time. The app call for a request starts once its
+head is parsed and the previous response is complete, as an eager Task (see `asgi.start_task`),
+so a request that needs no I/O is answered inside `data_received`.
+
+Connection states, derived from the fields rather than stored twice:
+  idle    no request in progress; the keep-alive timer may close the connection
+  busy    a request is being answered (`_active`) or waits its turn (`_queue`)
+  closed  the transport is gone (`_closed`)
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
+
+import httptools
+
+from aserve.asgi import ASGI_VERSION, HTTP_SPEC_VERSION, ClientDisconnected, start_task
+from aserve.logging import error_logger
+from aserve.protocols.headers import HeaderBlock, InvalidResponse, encode_headers, status_line
+from aserve.proxy import apply_forwarded_headers
+
+if TYPE_CHECKING:
+    from aserve.asgi import ASGIApp, Message
+    from aserve.state import ServerState
+
+# Unread request body kept per request before we stop reading from the socket.
+BODY_HIGH_WATER = 64 * 1024
+# Parsed requests waiting behind the one being answered before we stop reading.
+PIPELINE_HIGH_WATER = 16
+
+_PAUSED_FOR_BODY = 1
+_PAUSED_FOR_PIPELINE = 2
+_PAUSED_FOR_SHUTDOWN = 4
+
+_METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")}
+_HTTP_VERSIONS = {"1.1": "1.1", "1.0": "1.0"}
+
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_CHUNKED = b"transfer-encoding: chunked\r\n"
+_CLOSE = b"connection: close\r\n"
+_KEEP_ALIVE = b"connection: keep-alive\r\n"
+_LAST_CHUNK = b"0\r\n\r\n"
+
+_ERROR_HEADERS = [(b"content-type", b"text/plain; charset=utf-8")]
+
+
+def _disconnect() -> Message:
+    return {"type": "http.disconnect"}
+
+
+class RequestCycle:
+    """One request and its response: the app's `receive` and `send`.
+
+    `send` is a plain method returning an awaitable: when nothing needs to wait it returns an
+    already-resolved future, so the common case costs no coroutine and no suspension.
+    """
+
+    __slots__ = (
+        "_block",
+        "_line",
+        "body_done",
+        "body_size",
+        "bytes_sent",
+        "chunked",
+        "chunks",
+        "complete",
+        "conn",
+        "delivered",
+        "disconnected",
+        "expect_100",
+        "head_only",
+        "head_written",
+        "keep_alive",
+        "length_left",
+        "scope",
+        "start_time",
+        "started",
+        "status",
+        "task",
+        "waiter",
+    )
+
+    def __init__(
+        self, conn: HttpProtocol, scope: dict[str, Any], keep_alive: bool, expect_100: bool
+    ) -> None:
+        self.conn = conn
+        self.scope = scope
+        self.keep_alive = keep_alive
+        self.expect_100 = expect_100
+        self.chunks: list[bytes] = []
+        self.body_size = 0
+        self.body_done = False
+        self.delivered = False  # the last http.request message (more_body False) was handed out
+        self.disconnected = False
+        self.waiter: asyncio.Future[None] | None = None
+        self.started = False
+        self.head_written = False
+        self.complete = False
+        self.head_only = False
+        self.chunked = False
+        self.length_left = -1
+        self.status = 0
+        self.bytes_sent = 0
+        self.start_time = 0.0
+        self.task: asyncio.Task[None] | None = None
+        self._block: HeaderBlock | None = None
+        self._line = b""
+
+    # -- driven by the connection ----------------------------------------------------------
+
+    async def run(self, app: ASGIApp) -> None:
+        try:
+            result = await app(self.scope, self.receive, self.send)
+        except asyncio.CancelledError:
+            if not self.complete:
+                self.conn.abort()
+            raise
+        except BaseException as exc:
+            self._app_failed(exc)
+            if not isinstance(exc, Exception):
+                raise
+        else:
+            if result is not None:
+                error_logger.error("ASGI callable returned a value instead of None: %r", result)
+            if not self.started:
+                if not self.disconnected:
+                    error_logger.error("ASGI callable returned without starting a response.")
+                    self._respond_500()
+            elif not self.complete:
+                error_logger.error("ASGI callable returned without completing the response.")
+                self.conn.abort()
+
+    def feed_body(self, data: bytes) -> None:
+        if self.complete or self.disconnected:
+            return  # the app is done with this request: the rest of the body is dropped
+        self.chunks.append(data)
+        self.body_size += len(data)
+        if self.body_size > BODY_HIGH_WATER:
+            self.conn.pause_reading(_PAUSED_FOR_BODY)
+        self._wake()
+
+    def end_body(self) -> None:
+        self.body_done = True
+        self._wake()
+
+    def lose_connection(self) -> None:
+        self.disconnected = True
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    # -- the app's side --------------------------------------------------------------------
+
+    async def receive(self) -> Message:
+        while True:
+            if self.disconnected or self.complete:
+                return _disconnect()
+            if self.chunks or (self.body_done and not self.delivered):
+                return self._take_body()
+            if self.expect_100:
+                self.expect_100 = False
+                self.conn.write(_CONTINUE)
+            # Nothing to hand out: wait for body, the end of the response, or a disconnect.
+            self.waiter = self.conn.loop.create_future()
+            try:
+                await self.waiter
+            finally:
+                self.waiter = None
+
+    def _take_body(self) -> Message:
+        chunks = self.chunks
+        if not chunks:
+            body = b""
+        elif len(chunks) == 1:
+            body = chunks[0]
+        else:
+            body = b"".join(chunks)
+        self.chunks = []
+        if self.body_size > BODY_HIGH_WATER:
+            self.conn.resume_reading(_PAUSED_FOR_BODY)
+        self.body_size = 0
+        more_body = not self.body_done
+        self.delivered = not more_body
+        return {"type": "http.request", "body": body, "more_body": more_body}
+
+    def send(self, message: Message) -> asyncio.Future[None]:
+        if self.disconnected:
+            raise ClientDisconnected("the client closed the connection")
+        if not self.started:
+            if message["type"] != "http.response.start":
+                raise InvalidResponse(
+                    f"expected ASGI message 'http.response.start', got {message['type']!r}"
+                )
+            self._start(message["status"], message.get("headers", ()))
+        elif not self.complete:
+            if message["type"] != "http.response.body":
+                raise InvalidResponse(
+                    f"expected ASGI message 'http.response.body', got {message['type']!r}"
+                )
+            self._body(message.get("body", b""), message.get("more_body", False))
+        else:
+            raise InvalidResponse(
+                f"unexpected ASGI message {message['type']!r} after the response was complete"
+            )
+        return self.conn.drained()
+
+    # -- writing the response --------------------------------------------------------------
+
+    def _start(self, status: int, headers: Any) -> None:
+        line = status_line(status)
+        self._block = encode_headers(headers)
+        self.status = status
+        self.started = True
+        self.head_only = status < 200 or status in (204, 304) or self.scope["method"] == "HEAD"
+        if self._block.close or status < 200:
+            self.keep_alive = False
+        self._line = line
+        conn = self.conn
+        if not conn.dispatching:
+            # The app runs outside the eager start; make sure the head goes out this loop turn
+            # even if the body comes much later (server-sent events, long polls).
+            conn.loop.call_soon(self.flush_head)
+
+    def flush_head(self) -> None:
+        if self.started and not self.head_written and not self.disconnected:
+            self.conn.write(self._head(b"", True))
+
+    def _head(self, body: bytes, more_body: bool) -> bytes:
+        """Status line and headers, with framing decided from the first body message."""
+        block = self._block
+        assert block is not None
+        conn = self.conn
+        self.head_written = True
+        state = conn.state
+        defaults = (
+            state.default_headers
+            if not (block.has_server or block.has_date)
+            else state.default_headers_without(block.has_server, block.has_date)
+        )
+        framing = b""
+        if self.status < 200 or self.status in (204, 304):
+            pass
+        elif block.content_length >= 0:
+            self.length_left = block.content_length
+        elif not more_body and not block.chunked:
+            framing = b"content-length: %d\r\n" % len(body)
+        elif self.scope["http_version"] == "1.1":
+            framing = _CHUNKED
+            self.chunked = True
+        else:
+            self.keep_alive = False  # HTTP/1.0 has no chunks: the body ends when we close
+        if state.shutting_down:
+            self.keep_alive = False
+        if not self.keep_alive:
+            connection = _CLOSE
+        elif self.scope["http_version"] == "1.0":
+            connection = _KEEP_ALIVE
+        else:
+            connection = b""
+        return b"".join((self._line, block.data, defaults, framing, connection, b"\r\n"))
+
+    def _body(self, body: bytes, more_body: bool) -> None:
+        if type(body) is not bytes:
+            if not isinstance(body, bytes | bytearray | memoryview):
+                raise InvalidResponse(f"response body must be bytes, got {type(body).__name__}")
+            body = bytes(body)
+        size = len(body)
+        head = b"" if self.head_written else self._head(body, more_body)
+        if size > self.length_left >= 0 and not self.head_only:
+            raise InvalidResponse("response body is longer than its Content-Length")
+        if self.head_only:
+            payload = b""
+        elif self.chunked:
+            payload = b"%x\r\n%s\r\n" % (size, body) if size else b""  # empty chunk = end
+            if not more_body:
+                payload += _LAST_CHUNK
+        else:
+            payload = body
+            if self.length_left >= 0:
+                self.length_left -= size
+        data = head + payload if head else payload
+        if data:
+            self.conn.write(data)
+        self.bytes_sent += size
+        if not more_body:
+            self._finish()
+
+    def _finish(self) -> None:
+        self.complete = True
+        if self.length_left > 0 and not self.head_only:
+            error_logger.error("response body is shorter than its Content-Length; closing")
+            self.keep_alive = False
+        self._wake()
+        conn = self.conn
+        access_log = conn.state.access_log
+        if access_log.enabled:
+            access_log.log(
+                self.scope, self.status, self.bytes_sent, conn.loop.time() - self.start_time
+            )
+        conn.response_complete(self)
+
+    # -- errors ----------------------------------------------------------------------------
+
+    def _app_failed(self, exc: BaseException) -> None:
+        if self.disconnected:
+            # The client left; what the app raised on the way out is not worth a traceback.
+            error_logger.debug("ASGI app raised after the client disconnected: %r", exc)
+            return
+        if isinstance(exc, InvalidResponse):
+            error_logger.error("Invalid response from ASGI app: %s", exc)
+        else:
+            error_logger.error("Exception in ASGI application", exc_info=exc)
+        if not self.started:
+            self._respond_500()
+        elif not self.complete:
+            self.conn.abort()  # the head is out: closing is the only honest way to fail now
+
+    def _respond_500(self) -> None:
+        self.started = False
+        self.head_written = False
+        self._start(500, _ERROR_HEADERS)
+        self._body(b"Internal Server Error", False)
+
+
+class HttpProtocol(asyncio.Protocol):
+    """The state machine of one HTTP/1.1 connection (see the module docstring)."""
+
+    __slots__ = (
+        "_active",
+        "_closed",
+        "_drain_waiter",
+        "_expect_100",
+        "_headers",
+        "_idle_since",
+        "_parsing",
+        "_paused",
+        "_pending_error",
+        "_queue",
+        "_timer",
+        "_upgrade",
+        "_url",
+        "_websocket_scope",
+        "_websocket_trailing",
+        "_write_paused",
+        "client",
+        "dispatching",
+        "loop",
+        "parser",
+        "scheme",
+        "server",
+        "state",
+        "transport",
+    )
+
+    def __init__(self, state: ServerState) -> None:
+        self.state = state
+        self.loop = state.loop
+        self.parser = httptools.HttpRequestParser(self)
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]
+        self.server: tuple[str, int] | None = None
+        self.client: tuple[str, int] | None = None
+        self.scheme = "http"
+        self._queue: deque[RequestCycle] = deque()
+        self._active: RequestCycle | None = None
+        self._parsing: RequestCycle | None = None
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._url = b""
+        self._expect_100 = False
+        self._upgrade: bytes | None = None
+        self._websocket_scope: dict[str, Any] | None = None
+        self._websocket_trailing: bytes | None = None
+        self._pending_error: bytes | None = None
+        self._paused = 0
+        self._write_paused = False
+        self._drain_waiter: asyncio.Future[None] | None = None
+        self._closed = False
+        self._idle_since = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+        self.dispatching = False
+
+    # -- asyncio callbacks -----------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.state.connections.add(self)
+        self.server = _address(transport.get_extra_info("sockname"))
+        self.client = _address(transport.get_extra_info("peername"))
+        if transport.get_extra_info("sslcontext") is not None:
+            self.scheme = "https"
+        self._idle_since = self.loop.time()
+        self._timer = self.loop.call_at(
+            self._idle_since + self.state.timeout_keep_alive, self._on_keep_alive_timer
+        )
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed = True
+        self.state.connections.discard(self)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        for cycle in (self._active, self._parsing, *self._queue):
+            if cycle is not None:
+                cycle.lose_connection()
+        self._queue.clear()
+        waiter = self._drain_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)  # the sender wakes and finds the cycle disconnected
+
+    def data_received(self, data: bytes) -> None:
+        if self._upgrade is not None:
+            return  # after an Upgrade we do not speak: the bytes are not HTTP requests
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as upgrade:
+            self._handle_upgrade(data[upgrade.args[0] :] if upgrade.args else b"")
+        except httptools.HttpParserError as exc:
+            self._bad_request(str(exc) or type(exc).__name__)
+        self._run_queue()
+
+    def eof_received(self) -> bool | None:
+        return None  # close our side too; an in-flight response's cycle sees the disconnect
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        waiter = self._drain_waiter
+        if waiter is not None:
+            self._drain_waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    # -- httptools callbacks ---------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._headers = []
+        self._url = b""
+        self._expect_100 = False
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        name = name.lower()
+        if name == b"expect" and value.lower() == b"100-continue":
+            self._expect_100 = True
+        self._headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        parser = self.parser
+        state = self.state
+        raw_method = parser.get_method()
+        method = _METHODS.get(raw_method) or raw_method.decode("ascii")
+        http_version = _HTTP_VERSIONS.get(parser.get_http_version()) or "1.1"
+        target = self._url
+        if target[:1] == b"/" and b"#" not in target:
+            raw_path, _, query = target.partition(b"?")
+        else:
+            raw_path, query = _split_target(target, method)
+        try:
+            path = raw_path.decode("ascii")
+        except UnicodeDecodeError:
+            raise httptools.HttpParserError("non-ASCII byte in the request target") from None
+        if "%" in path:
+            path = unquote(path)
+        root_path = state.root_path
+        if root_path:
+            path = root_path + path
+            raw_path = root_path.encode("latin-1") + raw_path
+        headers = self._headers
+        client = self.client
+        scheme = self.scheme
+        if state.trusted_proxies is not None and client is not None:
+            client, scheme = apply_forwarded_headers(state.trusted_proxies, headers, client, scheme)
+        scope = {
+            "type": "http",
+            "asgi": {"version": ASGI_VERSION, "spec_version": HTTP_SPEC_VERSION},
+            "http_version": http_version,
+            "server": self.server,
+            "client": client,
+            "scheme": scheme,
+            "method": method,
+            "root_path": root_path,
+            "path": path,
+            "raw_path": raw_path,
+            "query_string": query,
+            "headers": headers,
+            "state": state.lifespan_state.copy(),
+        }
+        keep_alive = parser.should_keep_alive() and not state.shutting_down
+        if parser.should_upgrade():
+            self._upgrade = _upgrade_value(headers)
+            if self._upgrade == b"websocket" and state.websockets:
+                self._websocket_scope = scope  # the handshake is the WebSocket protocol's job
+                return
+            keep_alive = False  # any other upgrade is answered as HTTP, then we close
+        cycle = RequestCycle(self, scope, keep_alive, self._expect_100 and http_version == "1.1")
+        if state.access_log.enabled:
+            cycle.start_time = self.loop.time()
+        self._parsing = cycle
+        self._queue.append(cycle)
+        if len(self._queue) > PIPELINE_HIGH_WATER:
+            self.pause_reading(_PAUSED_FOR_PIPELINE)
+
+    def on_body(self, body: bytes) -> None:
+        if self._parsing is not None:
+            self._parsing.feed_body(body)
+
+    def on_message_complete(self) -> None:
+        cycle = self._parsing
+        if cycle is not None:
+            self._parsing = None
+            cycle.end_body()
+
+    # -- answering requests in order -------------------------------------------------------
+
+    def _run_queue(self) -> None:
+        """Start queued requests while nothing is being answered.
+
+        A loop rather than recursion: an app that completes during its eager start calls
+        `response_complete`, which comes back here and returns at once; the loop then takes
+        the next request. Pipelined requests therefore never nest.
+        """
+        if self.dispatching:
+            return
+        self.dispatching = True
+        try:
+            queue = self._queue
+            while self._active is None and queue:
+                cycle = queue.popleft()
+                self._active = cycle
+                self._start_app(cycle)
+                if cycle.started and not cycle.head_written and not cycle.disconnected:
+                    cycle.flush_head()  # the app paused between start and body
+            if self._paused & _PAUSED_FOR_PIPELINE and len(queue) <= PIPELINE_HIGH_WATER // 2:
+                self.resume_reading(_PAUSED_FOR_PIPELINE)
+            if self._active is None and not queue:
+                if self._pending_error is not None:
+                    self._send_error_and_close(self._pending_error)
+                elif self._websocket_trailing is not None and not self._closed:
+                    self._switch_to_websocket()
+        finally:
+            self.dispatching = False
+
+    def _start_app(self, cycle: RequestCycle) -> None:
+        state = self.state
+        app = state.app
+        limit = state.limit_concurrency
+        if limit is not None and (len(state.connections) > limit or len(state.tasks) >= limit):
+            app = _service_unavailable
+        task = start_task(self.loop, cycle.run(app), state.base_context.copy())
+        if not task.done():
+            cycle.task = task
+            state.tasks.add(task)
+            task.add_done_callback(state.tasks.discard)
+
+    def response_complete(self, cycle: RequestCycle) -> None:
+        if self._active is cycle:
+            self._active = None
+        if self._closed:
+            return
+        if not cycle.keep_alive or (self.state.shutting_down and not self._queue):
+            self.transport.close()
+            return
+        if not cycle.body_done and cycle.expect_100:
+            # We never asked for the body, so the client may never send it: we cannot read
+            # past it to the next request.
+            self.transport.close()
+            return
+        if cycle.body_size > BODY_HIGH_WATER:
+            cycle.chunks = []
+            self.resume_reading(_PAUSED_FOR_BODY)
+        self._idle_since = self.loop.time()
+        self._run_queue()
+
+    # -- flow control ----------------------------------------------------------------------
+
+    def pause_reading(self, reason: int) -> None:
+        if not self._paused and not self._closed:
+            self.transport.pause_reading()
+        self._paused |= reason
+
+    def resume_reading(self, reason: int) -> None:
+        if self._paused & reason:
+            self._paused &= ~reason
+            if not self._paused and not self._closed:
+                self.transport.resume_reading()
+
+    def drained(self) -> asyncio.Future[None]:
+        """An awaitable that resolves once the transport accepts more data."""
+        if not self._write_paused or self._closed:
+            return self.state.done
+        if self._drain_waiter is None:
+            self._drain_waiter = self.loop.create_future()
+        return self._drain_waiter
+
+    def write(self, data: bytes) -> None:
+        if not self._closed:
+            self.transport.write(data)
+
+    # -- closing ---------------------------------------------------------------------------
+
+    def abort(self) -> None:
+        """Close at once: a response that cannot be completed must not look complete."""
+        if not self._closed:
+            self.transport.close()
+
+    def shutdown(self) -> None:
+        """Graceful shutdown: close if idle, else close after the requests already read."""
+        self.pause_reading(_PAUSED_FOR_SHUTDOWN)
+        if self._active is None and not self._queue and not self._closed:
+            self.transport.close()
+
+    def _on_keep_alive_timer(self) -> None:
+        self._timer = None
+        if self._closed:
+            return
+        now = self.loop.time()
+        timeout = self.state.timeout_keep_alive
+        if self._active is None and not self._queue:
+            deadline = self._idle_since + timeout
+            if now >= deadline:
+                self.transport.close()
+                return
+        else:
+            deadline = now + timeout
+        self._timer = self.loop.call_at(deadline, self._on_keep_alive_timer)
+
+    def _bad_request(self, reason: str) -> None:
+        message = reason.strip().rstrip(".") or "malformed request"
+        error_logger.debug("Invalid HTTP request: %s", message)
+        body = f"Invalid HTTP request: {message}.\n".encode("ascii", "replace")
+        self.pause_reading(_PAUSED_FOR_SHUTDOWN)
+        parsing = self._parsing
+        if parsing is not None:
+            # The error is inside this request's body: for its app, the client went away.
+            self._parsing = None
+            parsing.lose_connection()
+            if parsing in self._queue:
+                self._queue.remove(parsing)
+            if parsing is self._active:
+                if parsing.started:
+                    self.abort()
+                    return
+                self._active = None
+        if self._active is None and not self._queue:
+            self._send_error_and_close(body)
+        else:
+            self._pending_error = body  # answered after the responses already owed
+
+    def _send_error_and_close(self, body: bytes) -> None:
+        self._pending_error = None
+        self.write(
+            b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain; charset=utf-8\r\n"
+            b"content-length: %d\r\n%sconnection: close\r\n\r\n%s"
+            % (len(body), self.state.default_headers, body)
+        )
+        if not self._closed:
+            self.transport.close()
+
+    def _handle_upgrade(self, trailing: bytes) -> None:
+        # Only a WebSocket handshake switches protocols; any other Upgrade is answered as plain
+        # HTTP and we stop reading, so its payload is never parsed as a request.
+        self.pause_reading(_PAUSED_FOR_SHUTDOWN)
+        if self._websocket_scope is not None:
+            self._websocket_trailing = trailing
+
+    def _switch_to_websocket(self) -> None:
+        """Hand the transport to a WebSocket protocol once every earlier response is out."""
+        from aserve.protocols.websocket import WebSocketProtocol
+
+        scope = self._websocket_scope
+        trailing = self._websocket_trailing or b""
+        self._websocket_scope = self._websocket_trailing = None
+        self.state.connections.discard(self)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._closed = True  # this protocol no longer touches the transport
+        websocket = WebSocketProtocol(self.state, scope, self.transport)
+        self.transport.set_protocol(websocket)
+        self.transport.resume_reading()
+        websocket.start(trailing)
+
+
+async def _service_unavailable(scope: Any, receive: Any, send: Any) -> None:
+    await send({"type": "http.response.start", "status": 503, "headers": _ERROR_HEADERS})
+    await send({"type": "http.response.body", "body": b"Service Unavailable"})
+
+
+def _address(value: Any) -> tuple[str, int] | None:
+    if isinstance(value, tuple) and len(value) >= 2:
+        return (str(value[0]), int(value[1]))
+    return None
+
+
+def _split_target(target: bytes, method: str) -> tuple[bytes, bytes]:
+    """The path and query of an absolute-form or asterisk-form request target."""
+    if target == b"*" and method == "OPTIONS":
+        return b"*", b""
+    try:
+        url = httptools.parse_url(target)
+    except httptools.HttpParserInvalidURLError:
+        raise httptools.HttpParserError("invalid request target") from None
+    return url.path or b"/", url.query or b""
+
+
+def _upgrade_value(headers: list[tuple[bytes, bytes]]) -> bytes:
+    for name, value in headers:
+        if name == b"upgrade":
+            return value.lower()
+    return b""

@@ -1,0 +1,213 @@
+"""The server: event loop choice, listening sockets, signals, lifespan and graceful shutdown.
+
+`Server` embeds in a running event loop (`await server.serve()`); `serve()` is the blocking
+entry point used by the CLI and by scripts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable, Coroutine, Iterator
+from typing import Any
+
+from aserve.config import Config
+from aserve.importer import load_app
+from aserve.lifespan import Lifespan, LifespanFailure
+from aserve.logging import configure_logging, error_logger
+from aserve.protocols.http import HttpProtocol
+from aserve.sockets import bind_socket
+from aserve.state import ServerState
+
+_TICK = 0.1  # how often the main loop looks at should_exit and refreshes the Date header
+
+
+class Server:
+    """One server in the current event loop.
+
+    Stop it with `server.stop()` (or, as with uvicorn, `server.should_exit = True`, which also
+    works from another thread); `await server.serve()` then returns once shutdown is done.
+    """
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.started = False
+        self.should_exit = False
+        self.force_exit = False
+        self.state: ServerState | None = None
+        self.servers: list[asyncio.Server] = []
+        self._lifespan: Lifespan | None = None
+
+    @property
+    def sockets(self) -> list[socket.socket]:
+        """The listening sockets (to learn the port when the config asked for port 0)."""
+        return [sock for server in self.servers for sock in server.sockets]  # type: ignore[misc]
+
+    def stop(self) -> None:
+        self.should_exit = True
+
+    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+        with self._capture_signals():
+            await self._serve(sockets)
+
+    async def _serve(self, sockets: list[socket.socket] | None) -> None:
+        config = self.config
+        loop = asyncio.get_running_loop()
+        error_logger.info("Started server process [%d]", os.getpid())
+        base_context = contextvars.copy_context()
+        app = load_app(config)
+        lifespan_state: dict[str, Any] = {}
+        self._lifespan = Lifespan(app, config.lifespan, lifespan_state)
+        if config.lifespan != "off":
+            error_logger.info("Waiting for application startup.")
+        try:
+            await self._lifespan.startup(base_context.copy())
+        except LifespanFailure as exc:
+            error_logger.error("Application startup failed: %s", exc)
+            raise
+        if config.lifespan != "off" and not self._lifespan.unsupported:
+            error_logger.info("Application startup complete.")
+        state = ServerState(config, app, loop, base_context, lifespan_state)
+        self.state = state
+        if sockets is None:
+            sockets = [bind_socket(config)]
+        for sock in sockets:
+            self.servers.append(
+                await loop.create_server(
+                    lambda: HttpProtocol(state), sock=sock, backlog=config.backlog
+                )
+            )
+        self._log_started()
+        self.started = True
+        try:
+            await self._main_loop()
+        finally:
+            await self.shutdown()
+
+    def _log_started(self) -> None:
+        config = self.config
+        where = config.bind_description
+        if config.uds is None and config.fd is None and self.sockets:
+            port = self.sockets[0].getsockname()[1]
+            host = f"[{config.host}]" if ":" in config.host else config.host
+            where = f"http://{host}:{port}"
+        error_logger.info("aserve running on %s (Press CTRL+C to quit)", where)
+
+    async def _main_loop(self) -> None:
+        state = self.state
+        assert state is not None
+        second = int(time.time())
+        while not self.should_exit:
+            await asyncio.sleep(_TICK)
+            now = int(time.time())
+            if now != second:
+                second = now
+                state.update_date()
+
+    async def shutdown(self) -> None:
+        """Stop accepting, finish what is in flight (bounded), then run lifespan shutdown."""
+        state = self.state
+        if state is not None:
+            error_logger.info("Shutting down")
+            state.shutting_down = True
+            for server in self.servers:
+                server.close()
+            for conn in list(state.connections):
+                conn.shutdown()
+            await self._drain(state)
+        if self._lifespan is not None:
+            if self.config.lifespan != "off":
+                error_logger.info("Waiting for application shutdown.")
+            try:
+                await self._lifespan.shutdown()
+            except LifespanFailure as exc:
+                error_logger.error("Application shutdown failed: %s", exc)
+            else:
+                if self.config.lifespan != "off":
+                    error_logger.info("Application shutdown complete.")
+            self._lifespan = None
+        if self.config.uds is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self.config.uds)
+
+    async def _drain(self, state: ServerState) -> None:
+        timeout = self.config.timeout_graceful_shutdown
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if state.connections or state.tasks:
+            error_logger.info("Waiting for connections to close. (CTRL+C to force quit)")
+        while (state.connections or state.tasks) and not self.force_exit:
+            if deadline is not None and time.monotonic() >= deadline:
+                error_logger.warning(
+                    "Graceful shutdown timed out after %ss: cancelling %d request(s), "
+                    "closing %d connection(s)",
+                    timeout,
+                    len(state.tasks),
+                    len(state.connections),
+                )
+                break
+            await asyncio.sleep(_TICK / 2)
+        for task in list(state.tasks):
+            task.cancel()
+        for conn in list(state.connections):
+            conn.abort()
+        if state.tasks:
+            await asyncio.wait(list(state.tasks), timeout=1.0)
+
+    @contextlib.contextmanager
+    def _capture_signals(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {
+            sig: signal.signal(sig, self._handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)
+        }
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _handle_exit(self, sig: int, frame: Any) -> None:
+        if self.should_exit and sig == signal.SIGINT:
+            self.force_exit = True
+        self.should_exit = True
+
+
+def loop_factory(setting: str) -> Callable[[], asyncio.AbstractEventLoop]:
+    """uvloop when asked for or (with "auto") when installed; asyncio's loop otherwise."""
+    if setting in ("auto", "uvloop"):
+        try:
+            import uvloop
+        except ImportError:
+            if setting == "uvloop":
+                from aserve.config import ConfigError
+
+                raise ConfigError(
+                    "loop 'uvloop' was asked for but uvloop is not installed"
+                ) from None
+        else:
+            return uvloop.new_event_loop
+    return asyncio.new_event_loop
+
+
+def run(coro: Coroutine[Any, Any, None], loop: str = "auto") -> None:
+    with asyncio.Runner(loop_factory=loop_factory(loop)) as runner:
+        runner.run(coro)
+
+
+def serve(app: Any, **options: Any) -> None:
+    """Serve `app` (an ASGI app or a "module:attribute" string) until SIGINT/SIGTERM.
+
+    Options are `Config`'s fields. Raises `ConfigError` (or `AppLoadError`, `LifespanFailure`)
+    with a one-line message when the server cannot start.
+    """
+    config = Config(app=app, **options)
+    configure_logging(config.log_config, config.log_level, config.access_log)
+    server = Server(config)
+    run(server.serve(), loop=config.loop)

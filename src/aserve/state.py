@@ -1,0 +1,98 @@
+"""What all connections of one server share: the app, settings in hot-path form, the clock.
+
+Protocols read this object instead of the Config, so the per-request path touches plain
+attributes only, and a supervisor or test can build one without a CLI or a listening socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import email.utils
+import time
+from typing import TYPE_CHECKING, Any
+
+from aserve.logging import AccessLog
+from aserve.proxy import TrustedProxies, parse_trusted
+
+if TYPE_CHECKING:
+    from aserve.asgi import ASGIApp
+    from aserve.config import Config
+
+
+class ServerState:
+    __slots__ = (
+        "_date",
+        "_extra_headers",
+        "_server_header",
+        "access_log",
+        "app",
+        "base_context",
+        "config",
+        "connections",
+        "default_headers",
+        "done",
+        "lifespan_state",
+        "limit_concurrency",
+        "loop",
+        "root_path",
+        "shutting_down",
+        "tasks",
+        "timeout_keep_alive",
+        "trusted_proxies",
+        "websockets",
+    )
+
+    def __init__(
+        self,
+        config: Config,
+        app: ASGIApp,
+        loop: asyncio.AbstractEventLoop,
+        base_context: contextvars.Context | None = None,
+        lifespan_state: dict[str, Any] | None = None,
+    ) -> None:
+        self.config = config
+        self.app = app
+        self.loop = loop
+        # Every app call runs in a fresh copy of this: what was set up before the server
+        # started (tracing, logging context) is visible; nothing leaks between requests.
+        self.base_context = base_context if base_context is not None else contextvars.copy_context()
+        self.lifespan_state: dict[str, Any] = lifespan_state if lifespan_state is not None else {}
+        self.connections: set[Any] = set()
+        self.tasks: set[asyncio.Task[Any]] = set()
+        self.shutting_down = False
+        self.root_path = config.root_path
+        self.limit_concurrency = config.limit_concurrency
+        self.timeout_keep_alive = config.timeout_keep_alive
+        self.trusted_proxies: TrustedProxies | None = (
+            parse_trusted(config.forwarded_allow_ips) if config.proxy_headers else None
+        )
+        # WebSocket upgrades are handled unless turned off ("auto": websockets is a dependency).
+        self.websockets = config.ws != "none"
+        self.access_log = AccessLog(config.access_log, config.access_log_format)
+        # A resolved future: `send` returns it when there is nothing to wait for, so awaiting
+        # it neither suspends nor allocates.
+        self.done: asyncio.Future[None] = loop.create_future()
+        self.done.set_result(None)
+        self._server_header = b"server: aserve\r\n" if config.server_header else b""
+        self._extra_headers = b"".join(
+            f"{name}: {value}\r\n".encode("latin-1") for name, value in config.headers
+        )
+        self._date = b""
+        self.default_headers = b""
+        self.update_date()
+
+    def update_date(self) -> None:
+        """Refresh the cached Date header; the server calls this on its tick."""
+        if self.config.date_header:
+            now = email.utils.formatdate(time.time(), usegmt=True).encode("ascii")
+            self._date = b"date: " + now + b"\r\n"
+        self.default_headers = self._server_header + self._date + self._extra_headers
+
+    def default_headers_without(self, server: bool, date: bool) -> bytes:
+        """Default headers minus those the app already set itself (rare, so not cached)."""
+        return (
+            (b"" if server else self._server_header)
+            + (b"" if date else self._date)
+            + self._extra_headers
+        )
