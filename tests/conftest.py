@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import socket
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
@@ -51,27 +53,36 @@ def read_until_close(sock: socket.socket, timeout: float = 5.0) -> bytes:
     return b"".join(chunks)
 
 
-def read_response(sock: socket.socket, timeout: float = 5.0) -> bytes:
-    """Read one response that has a Content-Length (or none and no body)."""
+_leftovers: weakref.WeakKeyDictionary[socket.socket, bytes] = weakref.WeakKeyDictionary()
+
+
+def read_response(sock: socket.socket, timeout: float = 5.0, head: bool = False) -> bytes:
+    """Read one response framed by Content-Length (`head`: a HEAD response, no body).
+
+    Bytes past the response (pipelined answers arriving together) are kept for the next call.
+    """
     sock.settimeout(timeout)
-    data = b""
+    data = _leftovers.pop(sock, b"")
     while b"\r\n\r\n" not in data:
         chunk = sock.recv(65536)
         if not chunk:
             return data
         data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
+    header_block, _, body = data.partition(b"\r\n\r\n")
     length = 0
-    for line in head.split(b"\r\n")[1:]:
+    for line in header_block.split(b"\r\n")[1:]:
         name, _, value = line.partition(b":")
-        if name.strip().lower() == b"content-length":
+        if name.strip().lower() == b"content-length" and not head:
             length = int(value)
     while len(body) < length:
         chunk = sock.recv(65536)
         if not chunk:
             break
         body += chunk
-    return head + b"\r\n\r\n" + body
+    if len(body) > length:
+        _leftovers[sock] = body[length:]
+        body = body[:length]
+    return header_block + b"\r\n\r\n" + body
 
 
 @contextlib.contextmanager
@@ -89,7 +100,9 @@ def serve(app: Any, **options: Any) -> Iterator[LiveServer]:
         except BaseException as exc:  # surfaced to the test on exit
             live.errors.append(exc)
 
-    thread = threading.Thread(target=target, daemon=True)
+    # The server thread starts in a copy of the caller's context, as `serve()` would.
+    context = contextvars.copy_context()
+    thread = threading.Thread(target=context.run, args=(target,), daemon=True)
     live.thread = thread
     thread.start()
     deadline = time.monotonic() + 10

@@ -65,7 +65,7 @@ def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> 
     type=float,
     default=20.0,
     show_default=True,
-    help="Seconds between WebSocket pings.",
+    help="Seconds between WebSocket pings (0 disables them).",
 )
 @click.option(
     "--ws-ping-timeout",
@@ -187,7 +187,6 @@ def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> 
 @click.option(
     "--app-dir",
     default="",
-    show_default=True,
     help="Look for APP in this directory (added to sys.path). Default: the current directory.",
 )
 @click.option(
@@ -203,6 +202,9 @@ def cli(app: str, headers: tuple[str, ...], app_dir: str, **options: Any) -> Non
     from aserve.lifespan import LifespanFailure
     from aserve.server import serve
 
+    for name in ("ws_ping_interval", "ws_ping_timeout"):
+        if options[name] == 0:
+            options[name] = None
     try:
         serve(
             app,

@@ -58,6 +58,8 @@ class Lifespan:
         }
         try:
             await self.app(scope, self._receive, self._send)
+        except asyncio.CancelledError:
+            raise
         except BaseException as exc:
             if self._startup_done.is_set() or self.mode == "on":
                 if self._failure is None:

@@ -71,7 +71,8 @@ def parse_trusted(value: str | Sequence[str] | None) -> TrustedProxies:
     else:
         entries = [str(item).strip() for item in value]
     for entry in entries:
-        if entry != "*" and ("/" in entry or entry.replace(".", "").isdigit()):
+        looks_like_address = "/" in entry or entry.replace(".", "").isdigit()
+        if entry != "*" and not entry.startswith("unix:") and looks_like_address:
             try:
                 ipaddress.ip_network(entry, strict=False)
             except ValueError:

@@ -61,6 +61,8 @@ class Server:
         loop = asyncio.get_running_loop()
         error_logger.info("Started server process [%d]", os.getpid())
         base_context = contextvars.copy_context()
+        if sockets is None:
+            sockets = [bind_socket(config)]  # fail fast, before the app starts up
         app = load_app(config)
         lifespan_state: dict[str, Any] = {}
         self._lifespan = Lifespan(app, config.lifespan, lifespan_state)
@@ -75,17 +77,14 @@ class Server:
             error_logger.info("Application startup complete.")
         state = ServerState(config, app, loop, base_context, lifespan_state)
         self.state = state
-        if sockets is None:
-            sockets = [bind_socket(config)]
-        for sock in sockets:
-            self.servers.append(
-                await loop.create_server(
+        try:
+            for sock in sockets:
+                server = await loop.create_server(
                     lambda: HttpProtocol(state), sock=sock, backlog=config.backlog
                 )
-            )
-        self._log_started()
-        self.started = True
-        try:
+                self.servers.append(server)
+            self._log_started()
+            self.started = True
             await self._main_loop()
         finally:
             await self.shutdown()

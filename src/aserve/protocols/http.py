@@ -258,7 +258,9 @@ class RequestCycle:
             self.chunked = True
         else:
             self.keep_alive = False  # HTTP/1.0 has no chunks: the body ends when we close
-        if state.shutting_down:
+        if state.shutting_down or (self.expect_100 and not self.body_done):
+            # (We never asked for the body, so the client may never send it: there is no way
+            # to read past it to a next request.)
             self.keep_alive = False
         if not self.keep_alive:
             connection = _CLOSE
@@ -570,11 +572,6 @@ class HttpProtocol(asyncio.Protocol):
         if self._closed:
             return
         if not cycle.keep_alive or (self.state.shutting_down and not self._queue):
-            self.transport.close()
-            return
-        if not cycle.body_done and cycle.expect_100:
-            # We never asked for the body, so the client may never send it: we cannot read
-            # past it to the next request.
             self.transport.close()
             return
         if cycle.body_size > BODY_HIGH_WATER:

@@ -1,0 +1,713 @@
+"""One WebSocket connection: RFC 6455 through `websockets`' sans-I/O `ServerProtocol`.
+
+`HttpProtocol` parses the upgrade request and hands over the transport; from there this class
+moves bytes in and out of the sans-I/O object (`receive_data` -> `events_received` ->
+`data_to_send`) and translates its events to and from ASGI messages. Framing, masking, the
+handshake checks, close codes and per-message-deflate are all `websockets`' work; nothing here
+parses a frame.
+
+Connection states (`_phase`), seen from the app and the transport:
+  connecting  handshake validated, waiting for the app's accept, close or denial response
+  open        101 sent: messages flow both ways
+  closing     a Close frame or an HTTP rejection is out; waiting (bounded) for the peer
+  closed      the transport is gone
+
+The hot path (one message in, one out) costs no Task, no closure and one `transport.write`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import http
+import logging
+import os
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+from websockets.datastructures import Headers
+from websockets.exceptions import InvalidHeader
+from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
+from websockets.frames import Frame, Opcode
+from websockets.headers import parse_subprotocol
+from websockets.http11 import Request, Response
+from websockets.protocol import State
+from websockets.server import ServerProtocol
+
+from aserve.asgi import ASGI_VERSION, WEBSOCKET_SPEC_VERSION, ClientDisconnected, start_task
+from aserve.logging import error_logger, escape, escape_bytes
+from aserve.protocols.headers import encode_headers, status_line
+
+if TYPE_CHECKING:
+    from aserve.asgi import ASGIApp, Message
+    from aserve.state import ServerState
+
+CONNECTING = "connecting"
+OPEN = "open"
+CLOSING = "closing"
+CLOSED = "closed"
+
+# How long we wait for the peer to finish a closing handshake (or to close TCP after an HTTP
+# rejection) before dropping the connection.
+CLOSE_TIMEOUT = 10.0
+
+_PAUSED_EARLY = 1  # frames sent before our 101: kept, not parsed, until the app accepts
+_PAUSED_QUEUE = 2  # ws_max_queue messages wait for the app
+
+_TEXT = Opcode.TEXT
+_BINARY = Opcode.BINARY
+_CONT = Opcode.CONT
+_PONG = Opcode.PONG
+_CLOSE = Opcode.CLOSE
+_WS_OPEN = State.OPEN
+
+_CONNECT: Message = {"type": "websocket.connect"}
+
+# websockets' own server defaults: a 4 KiB window each way keeps memory per connection small.
+_DEFLATE = (
+    ServerPerMessageDeflateFactory(
+        server_max_window_bits=12,
+        client_max_window_bits=12,
+        compress_settings={"memLevel": 5},
+    ),
+)
+
+_utf8_decoder = codecs.getincrementaldecoder("utf-8")
+_access_logger = logging.getLogger("aserve.access")
+
+
+class _ServerProtocol(ServerProtocol):
+    """websockets' server side, except that a Close may interrupt a fragmented message.
+
+    RFC 6455 5.4 lets control frames arrive between fragments, and a Close there ends the
+    connection normally (Autobahn case 7.1.5 expects 1000); websockets answers 1002.
+    """
+
+    def recv_frame(self, frame: Frame) -> None:
+        if frame.opcode is _CLOSE:
+            self.current_size = None
+        super().recv_frame(frame)
+
+
+class WebSocketProtocol(asyncio.Protocol):
+    """The state machine of one WebSocket connection (see the module docstring)."""
+
+    __slots__ = (
+        "_decoder",
+        "_denial",
+        "_denial_body",
+        "_disconnect",
+        "_drain_waiter",
+        "_early",
+        "_fragments",
+        "_low_water",
+        "_max_queue",
+        "_paused",
+        "_phase",
+        "_ping_interval",
+        "_ping_payload",
+        "_ping_timeout",
+        "_queue",
+        "_response",
+        "_timer",
+        "_waiter",
+        "_write_paused",
+        "loop",
+        "protocol",
+        "scope",
+        "state",
+        "task",
+        "transport",
+    )
+
+    def __init__(
+        self, state: ServerState, http_scope: dict[str, Any], transport: asyncio.Transport
+    ) -> None:
+        self.state = state
+        self.loop = state.loop
+        self.transport = transport
+        config = state.config
+        # httptools has already parsed the request, so the sans-I/O parser starts at the frame
+        # stage (state OPEN); putting the state back to CONNECTING lets accept() and
+        # send_response() run the handshake exactly as they would after parsing it themselves.
+        self.protocol = _ServerProtocol(
+            extensions=_DEFLATE if config.ws_per_message_deflate else None,
+            max_size=config.ws_max_size,
+            state=State.OPEN,
+        )
+        self.protocol.state = State.CONNECTING
+        self.scope = http_scope  # replaced by the websocket scope once the handshake is valid
+        self.task: asyncio.Task[None] | None = None
+        self._phase = CONNECTING
+        self._queue: deque[Message] = deque((_CONNECT,))
+        self._max_queue = config.ws_max_queue
+        self._low_water = config.ws_max_queue // 2
+        self._waiter: asyncio.Future[Message] | None = None
+        self._disconnect: Message | None = None
+        self._early: list[bytes] = []
+        self._response: Response | None = None
+        self._denial: tuple[int, list[tuple[bytes, bytes]]] | None = None
+        self._denial_body: list[bytes] = []
+        self._fragments: list[Any] | None = None
+        self._decoder: codecs.IncrementalDecoder | None = None
+        self._paused = 0
+        self._write_paused = False
+        self._drain_waiter: asyncio.Future[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._ping_interval = config.ws_ping_interval
+        self._ping_timeout = config.ws_ping_timeout
+        self._ping_payload: bytes | None = None
+
+    # -- start: validate the handshake, then call the app ----------------------------------
+
+    def start(self, trailing: bytes) -> None:
+        """Take over the connection; `trailing` is what the client sent after the request."""
+        state = self.state
+        state.connections.add(self)
+        if trailing:
+            self._early.append(trailing)
+            self._pause_reading(_PAUSED_EARLY)
+        response, headers = self._handshake_response()
+        if response.status_code != 101:
+            # A malformed handshake is answered at once; the app never sees it.
+            self._reject(response)
+            return
+        limit = state.limit_concurrency
+        if state.shutting_down or (
+            limit is not None and (len(state.connections) > limit or len(state.tasks) >= limit)
+        ):
+            self._reject(self._rejection(503, "Service Unavailable\n"))
+            return
+        self._response = response
+        self.scope = _websocket_scope(self.scope, headers)
+        task = start_task(self.loop, self._run(state.app), state.base_context.copy())
+        if not task.done():
+            self.task = task
+            state.tasks.add(task)
+            task.add_done_callback(state.tasks.discard)
+
+    def _handshake_response(self) -> tuple[Response, Headers]:
+        """websockets' verdict on the request: a 101 to send on accept, or an HTTP error."""
+        scope = self.scope
+        protocol = self.protocol
+        headers = Headers(
+            (name.decode("latin-1"), value.decode("latin-1")) for name, value in scope["headers"]
+        )
+        if headers.get_all("Transfer-Encoding") or any(
+            value.strip() != "0" for value in headers.get_all("Content-Length")
+        ):
+            text = "Failed to open a WebSocket connection: the request has a body.\n"
+            return self._rejection(400, text), headers
+        query = scope["query_string"]
+        path = scope["raw_path"].decode("latin-1")
+        request = Request(
+            path + "?" + query.decode("latin-1") if query else path,
+            headers,
+            method=scope["method"],
+            protocol="HTTP/" + scope["http_version"],
+        )
+        response = protocol.accept(request)
+        exc = protocol.handshake_exc
+        if (
+            isinstance(exc, InvalidHeader)
+            and exc.name == "Sec-WebSocket-Version"
+            and "Sec-WebSocket-Version" in headers
+        ):
+            # RFC 6455 4.4: an unsupported version gets 426 and the versions we speak.
+            text = "Failed to open a WebSocket connection: unsupported version.\n"
+            response = protocol.reject(426, text)
+            response.headers["Sec-WebSocket-Version"] = "13"
+        del response.headers["Date"]  # ours come from the server's default headers
+        return response, headers
+
+    # -- the app call ----------------------------------------------------------------------
+
+    async def _run(self, app: ASGIApp) -> None:
+        try:
+            result = await app(self.scope, self.receive, self.send)
+        except asyncio.CancelledError:
+            self.abort()
+            raise
+        except BaseException as exc:
+            self._app_failed(exc)
+            if not isinstance(exc, Exception):
+                raise
+        else:
+            if result is not None:
+                error_logger.error("ASGI callable returned a value instead of None: %r", result)
+            self._app_returned()
+
+    def _app_failed(self, exc: BaseException) -> None:
+        if self._disconnect is not None:
+            # The connection is closing or gone: what the app raised on the way out is not
+            # worth a traceback (it is often the ClientDisconnected we raised).
+            error_logger.debug("ASGI app raised after the WebSocket closed: %r", exc)
+            if self._phase is CONNECTING:
+                self.abort()
+            return
+        error_logger.error("Exception in ASGI application", exc_info=exc)
+        if self._phase is CONNECTING:
+            self._reject(self._rejection(500, "Internal Server Error\n"))
+        elif self._phase is OPEN:
+            self._close(1011, "")
+
+    def _app_returned(self) -> None:
+        phase = self._phase
+        if phase is CONNECTING:
+            if self._denial is not None:
+                error_logger.error("ASGI callable returned without completing the response.")
+                self.abort()
+            else:
+                error_logger.error("ASGI callable returned without accepting the WebSocket.")
+                self._deny()
+        elif phase is OPEN:
+            self._close(1000, "")
+
+    # -- the app's receive -----------------------------------------------------------------
+
+    async def receive(self) -> Message:
+        queue = self._queue
+        if queue:
+            message = queue.popleft()
+            if self._paused & _PAUSED_QUEUE and len(queue) <= self._low_water:
+                self._resume_reading(_PAUSED_QUEUE)
+            return message
+        if self._disconnect is not None:
+            return self._disconnect
+        waiter = self._waiter = self.loop.create_future()
+        try:
+            return await waiter
+        except asyncio.CancelledError:
+            # Cancelled (a timeout, say) just as a message arrived: keep it for the next call.
+            if self._waiter is waiter:
+                self._waiter = None
+            elif waiter.done() and not waiter.cancelled():
+                message = waiter.result()
+                if message is not self._disconnect:
+                    queue.appendleft(message)
+            raise
+
+    def _deliver(self, message: Message) -> None:
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(message)
+                return
+        queue = self._queue
+        queue.append(message)
+        if len(queue) >= self._max_queue:
+            self._pause_reading(_PAUSED_QUEUE)
+
+    def _set_disconnect(self, code: int, reason: str = "") -> None:
+        """Tell the app the WebSocket is over; `receive` returns this after queued messages."""
+        if self._disconnect is not None:
+            return
+        message = self._disconnect = {
+            "type": "websocket.disconnect",
+            "code": code,
+            "reason": reason,
+        }
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(message)
+
+    # -- the app's send --------------------------------------------------------------------
+
+    def send(self, message: Message) -> asyncio.Future[None]:
+        """Returns an awaitable: already resolved unless the transport asked us to wait."""
+        phase = self._phase
+        kind = message["type"]
+        if phase is OPEN:
+            if kind == "websocket.send":
+                text = message.get("text")
+                if text is not None:
+                    self.protocol.send_text(text.encode())
+                else:
+                    data = message.get("bytes")
+                    if data is None:
+                        raise RuntimeError("'websocket.send' needs 'text' or 'bytes'")
+                    self.protocol.send_binary(data)
+                self._flush()
+            elif kind == "websocket.close":
+                self._close(message.get("code") or 1000, message.get("reason") or "")
+            else:
+                raise RuntimeError(
+                    f"expected ASGI message 'websocket.send' or 'websocket.close', got {kind!r}"
+                )
+        elif phase is CONNECTING:
+            if self._denial is not None:
+                self._denial_message(kind, message)
+            elif kind == "websocket.accept":
+                self._accept(message)
+            elif kind == "websocket.close":
+                self._deny()
+            elif kind == "websocket.http.response.start":
+                status = message["status"]
+                status_line(status)  # raises on a status that cannot go on the wire
+                headers = list(message.get("headers") or ())
+                encode_headers(headers)  # raises on headers that cannot go on the wire
+                self._denial = (status, headers)
+            else:
+                raise RuntimeError(
+                    "expected ASGI message 'websocket.accept', 'websocket.close' or "
+                    f"'websocket.http.response.start', got {kind!r}"
+                )
+        elif phase is CLOSING and kind == "websocket.close":
+            pass  # closing already; a second close changes nothing
+        else:
+            raise ClientDisconnected("the WebSocket is closed")
+        return self._drained()
+
+    def _accept(self, message: Message) -> None:
+        response = self._response
+        assert response is not None
+        self._response = None
+        extra: list[tuple[bytes, bytes]] = list(message.get("headers") or ())
+        subprotocol = message.get("subprotocol")
+        if subprotocol is not None:
+            extra.append((b"Sec-WebSocket-Protocol", subprotocol.encode("latin-1")))
+            self.protocol.subprotocol = subprotocol
+        if extra:
+            encode_headers(extra)  # raises on headers that cannot go on the wire
+            headers = response.headers
+            for name, value in extra:
+                headers[name.decode("latin-1")] = value.decode("latin-1")
+        self._send_response(response)
+        self._phase = OPEN
+        self._log_access("[accepted]")
+        if self._ping_interval is not None:
+            self._timer = self.loop.call_later(self._ping_interval, self._on_keepalive)
+        if self._early:
+            data = b"".join(self._early)
+            self._early = []
+            self._resume_reading(_PAUSED_EARLY)
+            self.data_received(data)
+
+    def _deny(self) -> None:
+        """Close before accept: the handshake is refused with 403, as uvicorn does."""
+        self._log_access("403")
+        self._reject(self._rejection(403, ""))
+
+    def _denial_message(self, kind: str, message: Message) -> None:
+        """The denial response extension: an HTTP response of the app's choosing instead."""
+        if kind != "websocket.http.response.body":
+            raise RuntimeError(
+                f"expected ASGI message 'websocket.http.response.body', got {kind!r}"
+            )
+        self._denial_body.append(bytes(message.get("body", b"")))
+        if message.get("more_body", False):
+            return
+        assert self._denial is not None
+        status, raw_headers = self._denial
+        body = b"".join(self._denial_body)
+        self._denial_body = []
+        headers = Headers()
+        for name, value in raw_headers:
+            if name.lower() not in (b"content-length", b"transfer-encoding", b"connection"):
+                headers[name.decode("latin-1")] = value.decode("latin-1")
+        headers["Content-Length"] = str(len(body))
+        headers["Connection"] = "close"
+        self._log_access(str(status))
+        self._reject(Response(status, _phrase(status), headers, body))
+
+    def _reject(self, response: Response) -> None:
+        """Answer the handshake with an HTTP response and close: no WebSocket was opened."""
+        self._set_disconnect(1006)
+        self._early = []
+        self._send_response(response)
+
+    def _rejection(self, status: int, text: str) -> Response:
+        response = self.protocol.reject(status, text)
+        del response.headers["Date"]  # ours come from the server's default headers
+        return response
+
+    def _send_response(self, response: Response) -> None:
+        """Send the handshake response, adding the server's default headers."""
+        headers = response.headers
+        has_server, has_date = "Server" in headers, "Date" in headers
+        state = self.state
+        defaults = (
+            state.default_headers_without(has_server, has_date)
+            if has_server or has_date
+            else state.default_headers
+        )
+        for line in defaults.split(b"\r\n"):
+            name, _, value = line.partition(b": ")
+            if name:
+                headers[name.decode("latin-1")] = value.decode("latin-1")
+        self.protocol.send_response(response)
+        self._flush()
+
+    # -- asyncio callbacks -----------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        if self._phase is CONNECTING:
+            self._early.append(data)
+            self._pause_reading(_PAUSED_EARLY)
+            return
+        protocol = self.protocol
+        protocol.receive_data(data)
+        events = protocol.events_received()
+        for frame in events:
+            opcode = frame.opcode
+            if opcode is _TEXT or opcode is _BINARY or opcode is _CONT:
+                if self._phase is OPEN:
+                    self._on_data(frame.data, opcode, frame.fin)
+            elif opcode is _PONG and frame.data == self._ping_payload:
+                self._on_pong()
+        if self._phase is OPEN and protocol.state is not _WS_OPEN:
+            # The peer's Close arrived (websockets echoed it), or websockets failed the
+            # connection for a protocol error, a message too big or bad UTF-8 in a Close.
+            close = protocol.close_rcvd or protocol.close_sent
+            if close is None:
+                self._closing(1006, "")
+            else:
+                self._closing(close.code, close.reason)
+        self._flush()
+
+    def eof_received(self) -> bool | None:
+        if self._phase is not CLOSING:
+            self._phase = CLOSING
+            self._cancel_timer()
+        self._set_disconnect(1006)  # an EOF before a Close frame is an abnormal closure
+        return None  # close our side too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._phase = CLOSED
+        self.state.connections.discard(self)
+        self._cancel_timer()
+        self._early = []
+        self._set_disconnect(1006)
+        waiter = self._drain_waiter
+        if waiter is not None:
+            self._drain_waiter = None
+            if not waiter.done():
+                waiter.set_result(None)  # the sender wakes and its next send raises
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        waiter = self._drain_waiter
+        if waiter is not None:
+            self._drain_waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    # -- incoming messages -----------------------------------------------------------------
+
+    def _on_data(self, data: bytes, opcode: Opcode, fin: bool) -> None:
+        """One data frame: a whole message (the common case) or a fragment of one."""
+        if opcode is _CONT:
+            fragments = self._fragments
+            assert fragments is not None  # websockets rejects a stray continuation frame
+            decoder = self._decoder
+            if decoder is None:
+                fragments.append(data)
+            elif not self._decode_into(fragments, decoder, data, fin):
+                return
+            if not fin:
+                return
+            self._fragments = self._decoder = None
+            if decoder is None:
+                self._deliver({"type": "websocket.receive", "bytes": b"".join(fragments)})
+            else:
+                self._deliver({"type": "websocket.receive", "text": "".join(fragments)})
+        elif not fin:
+            self._fragments = []
+            if opcode is _TEXT:
+                # Decode as the fragments come, so bad UTF-8 fails the connection at once.
+                self._decoder = _utf8_decoder()
+                self._decode_into(self._fragments, self._decoder, data, False)
+            else:
+                self._fragments.append(data)
+        elif opcode is _TEXT:
+            try:
+                text = data.decode()
+            except UnicodeDecodeError as exc:
+                self._fail_utf8(exc)
+                return
+            self._deliver({"type": "websocket.receive", "text": text})
+        else:
+            if type(data) is not bytes:
+                data = bytes(data)
+            self._deliver({"type": "websocket.receive", "bytes": data})
+
+    def _decode_into(
+        self, parts: list[Any], decoder: codecs.IncrementalDecoder, data: bytes, fin: bool
+    ) -> bool:
+        try:
+            parts.append(decoder.decode(data, fin))
+        except UnicodeDecodeError as exc:
+            self._fail_utf8(exc)
+            return False
+        return True
+
+    def _fail_utf8(self, exc: UnicodeDecodeError) -> None:
+        self._fragments = self._decoder = None
+        self.protocol.fail(1007, f"{exc.reason} at position {exc.start}")
+        self._closing(1007, "invalid UTF-8")
+
+    # -- closing ---------------------------------------------------------------------------
+
+    def _close(self, code: int, reason: str) -> None:
+        """Start the closing handshake from our side (app close, app done, shutdown)."""
+        self.protocol.send_close(code, reason)
+        self._closing(code, reason)
+        self._flush()
+
+    def _closing(self, code: int, reason: str) -> None:
+        """Leave the open state: no more messages for the app; wait (bounded) for the peer."""
+        self._phase = CLOSING
+        self._queue.clear()
+        self._fragments = self._decoder = None
+        self._set_disconnect(code, reason)
+        self._resume_reading(_PAUSED_QUEUE | _PAUSED_EARLY)  # the peer's Close must be read
+        self._cancel_timer()
+        self._ping_payload = None
+        self._timer = self.loop.call_later(CLOSE_TIMEOUT, self.abort)
+
+    def _flush(self) -> None:
+        """Write what websockets produced, in one write; act on its end-of-stream marker."""
+        writes = self.protocol.data_to_send()
+        if not writes or self._phase is CLOSED:
+            return
+        transport = self.transport
+        transport.write(writes[0] if len(writes) == 1 else b"".join(writes))
+        if not writes[-1]:
+            # websockets is done with the TCP connection: half-close and let the peer close
+            # its side (so unread bytes do not turn our FIN into a reset), within a bound.
+            if self._phase is not CLOSING:
+                self._phase = CLOSING
+                self._cancel_timer()
+                self._timer = self.loop.call_later(CLOSE_TIMEOUT, self.abort)
+            self._resume_reading(_PAUSED_QUEUE | _PAUSED_EARLY)
+            if transport.can_write_eof():
+                try:
+                    transport.write_eof()
+                except (OSError, RuntimeError):  # uvloop raises RuntimeError when closing
+                    transport.close()
+            else:
+                transport.close()
+
+    def shutdown(self) -> None:
+        """Graceful shutdown: close open WebSockets with 1012; refuse pending handshakes."""
+        phase = self._phase
+        if phase is OPEN:
+            self._close(1012, "service restart")
+        elif phase is CONNECTING and self._denial is None:
+            self._reject(self._rejection(503, "Service Unavailable\n"))
+
+    def abort(self) -> None:
+        """Close the transport now, unsent data and all."""
+        self._cancel_timer()
+        if self._phase is not CLOSED:
+            self.transport.abort()
+
+    # -- keepalive -------------------------------------------------------------------------
+
+    def _on_keepalive(self) -> None:
+        """The one keepalive timer: send a ping, or drop a peer that did not answer one."""
+        self._timer = None
+        if self._phase is not OPEN:
+            return
+        if self._ping_payload is not None:
+            error_logger.debug("WebSocket keepalive ping timeout: dropping the peer")
+            self.protocol.fail(1011, "keepalive ping timeout")
+            self._closing(1011, "keepalive ping timeout")
+            self._flush()
+            self.transport.close()  # `_closing` armed the abort if even this cannot drain
+            return
+        payload = os.urandom(4)
+        self.protocol.send_ping(payload)
+        self._flush()
+        if self._ping_timeout is not None:
+            self._ping_payload = payload
+            self._timer = self.loop.call_later(self._ping_timeout, self._on_keepalive)
+        else:
+            assert self._ping_interval is not None
+            self._timer = self.loop.call_later(self._ping_interval, self._on_keepalive)
+
+    def _on_pong(self) -> None:
+        self._ping_payload = None
+        self._cancel_timer()
+        assert self._ping_interval is not None
+        self._timer = self.loop.call_later(self._ping_interval, self._on_keepalive)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    # -- flow control ----------------------------------------------------------------------
+
+    def _pause_reading(self, reason: int) -> None:
+        if not self._paused and self._phase is not CLOSED:
+            self.transport.pause_reading()
+        self._paused |= reason
+
+    def _resume_reading(self, reasons: int) -> None:
+        if self._paused & reasons:
+            self._paused &= ~reasons
+            if not self._paused and self._phase is not CLOSED:
+                self.transport.resume_reading()
+
+    def _drained(self) -> asyncio.Future[None]:
+        """An awaitable that resolves once the transport accepts more data."""
+        if not self._write_paused or self._phase is CLOSED:
+            return self.state.done
+        if self._drain_waiter is None:
+            self._drain_waiter = self.loop.create_future()
+        return self._drain_waiter
+
+    # -- access log ------------------------------------------------------------------------
+
+    def _log_access(self, outcome: str) -> None:
+        """uvicorn's handshake line: `client - "WebSocket /path" [accepted]` (or a status)."""
+        if not self.state.access_log.enabled:
+            return
+        scope = self.scope
+        client = scope.get("client")
+        path = escape(scope["path"])
+        query = scope["query_string"]
+        _access_logger.info(
+            '%s - "WebSocket %s" %s',
+            f"{client[0]}:{client[1]}" if client else "-",
+            f"{path}?{escape_bytes(query)}" if query else path,
+            outcome,
+        )
+
+
+def _websocket_scope(http_scope: dict[str, Any], headers: Headers) -> dict[str, Any]:
+    """The ASGI websocket scope, from the http scope the HTTP protocol built (proxy-adjusted)."""
+    subprotocols: list[str] = []
+    for value in headers.get_all("Sec-WebSocket-Protocol"):
+        subprotocols.extend(parse_subprotocol(value))  # valid: accept() has parsed it already
+    scheme = http_scope["scheme"]
+    return {
+        "type": "websocket",
+        "asgi": {"version": ASGI_VERSION, "spec_version": WEBSOCKET_SPEC_VERSION},
+        "http_version": http_scope["http_version"],
+        "scheme": "wss" if scheme in ("https", "wss") else "ws",
+        "server": http_scope["server"],
+        "client": http_scope["client"],
+        "root_path": http_scope["root_path"],
+        "path": http_scope["path"],
+        "raw_path": http_scope["raw_path"],
+        "query_string": http_scope["query_string"],
+        "headers": http_scope["headers"],
+        "subprotocols": subprotocols,
+        "state": http_scope["state"],
+        "extensions": {"websocket.http.response": {}},
+    }
+
+
+def _phrase(status: int) -> str:
+    try:
+        return http.HTTPStatus(status).phrase
+    except ValueError:
+        return ""

@@ -1,0 +1,213 @@
+"""The `aserve` command as a user runs it: a real process, real signals, real exit codes."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from aserve.cli import cli
+
+APPS = Path(__file__).parent / "apps"
+DOCS = Path(__file__).parent.parent / "docs"
+
+
+class Process:
+    """`python -m aserve ...` with its stderr collected on a thread."""
+
+    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "aserve", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env={**os.environ, **(env or {})},
+            text=True,
+        )
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.lines.append(line)
+
+    def wait_for_port(self, timeout: float = 15) -> int:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in self.lines:
+                match = re.search(r"running on http://127\.0\.0\.1:(\d+)", line)
+                if match:
+                    return int(match.group(1))
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        raise AssertionError("server did not start:\n" + "".join(self.lines))
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        code = self.proc.wait(timeout)
+        self._reader.join(5)
+        return code
+
+    @property
+    def stderr(self) -> str:
+        return "".join(self.lines)
+
+
+def run_cli(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "aserve", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
+    lines = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    return lines[0]
+
+
+def test_serves_and_shuts_down_gracefully_on_sigterm(tmp_path):
+    marker = tmp_path / "shutdown"
+    server = Process(
+        "lifespan_apps:slow",
+        "--app-dir",
+        str(APPS),
+        "--port",
+        "0",
+        env={"ASERVE_TEST_SHUTDOWN_MARKER": str(marker)},
+    )
+    try:
+        port = server.wait_for_port()
+        result = {}
+
+        def in_flight() -> None:
+            result["response"] = httpx.get(f"http://127.0.0.1:{port}/", timeout=10)
+
+        client = threading.Thread(target=in_flight)
+        client.start()
+        time.sleep(0.3)  # the request is now in the app's sleep
+        code = server.stop(signal.SIGTERM)
+        client.join(10)
+    finally:
+        server.proc.kill()
+    assert code == 0
+    assert result["response"].text == "finished"  # the in-flight request completed
+    assert marker.read_text() == "shutdown ran"  # then lifespan shutdown ran
+    assert "Application shutdown complete." in server.stderr
+
+
+def test_sigint_stops_the_server():
+    server = Process("lifespan_apps:hello", "--app-dir", str(APPS), "--port", "0")
+    try:
+        port = server.wait_for_port()
+        assert httpx.get(f"http://127.0.0.1:{port}/").text == "hello"
+        assert server.stop(signal.SIGINT) == 0
+    finally:
+        server.proc.kill()
+
+
+def test_access_log_and_factory():
+    server = Process("lifespan_apps:factory", "--factory", "--app-dir", str(APPS), "--port", "0")
+    try:
+        port = server.wait_for_port()
+        httpx.get(f"http://127.0.0.1:{port}/path?x=1")
+        server.stop()
+        out = server.proc.stdout.read() if server.proc.stdout else ""
+    finally:
+        server.proc.kill()
+    assert re.search(r'INFO: +127\.0\.0\.1:\d+ - "GET /path\?x=1 HTTP/1\.1" 200 OK', out), out
+
+
+def test_env_file_is_loaded(tmp_path):
+    env_file = tmp_path / ".env"
+    env_file.write_text("# comment\nexport ASERVE_TEST_ENV_VALUE='from env file'\n")
+    server = Process(
+        "lifespan_apps:env_app",
+        "--app-dir",
+        str(APPS),
+        "--port",
+        "0",
+        "--env-file",
+        str(env_file),
+    )
+    try:
+        port = server.wait_for_port()
+        assert httpx.get(f"http://127.0.0.1:{port}/").text == "from env file"
+    finally:
+        server.stop()
+        server.proc.kill()
+
+
+def test_startup_failure_exits_non_zero_with_the_apps_message():
+    result = run_cli("lifespan_apps:failing_startup", "--app-dir", str(APPS), "--port", "0")
+    assert result.returncode == 3
+    assert "database unreachable" in one_line_error(result)
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["nosuchmodule:app"], "could not import module 'nosuchmodule'"),
+        (["broken:app", "--app-dir", str(APPS)], "this_module_does_not_exist"),
+        (["lifespan_apps:nope", "--app-dir", str(APPS)], "attribute 'nope' not found"),
+        (["no_colon"], 'app must be given as "module:attribute"'),
+        (["lifespan_apps:factory", "--app-dir", str(APPS)], "use --factory"),
+        (["lifespan_apps:hello", "--app-dir", str(APPS), "--bogus"], "No such option '--bogus'"),
+        (["lifespan_apps:hello", "--port", "http"], "'http' is not a valid integer"),
+        (["lifespan_apps:hello", "--loop", "tokio"], "'tokio' is not one of"),
+        (["lifespan_apps:hello", "--header", "novalue"], "must be given as NAME:VALUE"),
+        (["lifespan_apps:hello", "--access-log-format", "{nope}"], "unknown field {nope}"),
+        (["lifespan_apps:hello", "--forwarded-allow-ips", "10.0.0.0/99"], "10.0.0.0/99"),
+        (["lifespan_apps:hello", "--port", "70000"], "port must be between 0 and 65535"),
+    ],
+)
+def test_bad_input_is_one_line_error_exit_1(args, expected):
+    result = run_cli(*args)
+    assert result.returncode == 1, result.stderr
+    assert expected in one_line_error(result)
+
+
+def test_port_in_use_is_one_line_error():
+    server = Process("lifespan_apps:hello", "--app-dir", str(APPS), "--port", "0")
+    try:
+        port = server.wait_for_port()
+        result = run_cli("lifespan_apps:hello", "--app-dir", str(APPS), "--port", str(port))
+    finally:
+        server.stop()
+    assert result.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in one_line_error(result)
+
+
+def test_version():
+    result = run_cli("--version")
+    assert result.returncode == 0
+    assert result.stdout.startswith("aserve 0.1.0")
+
+
+def test_cli_reference_matches_help():
+    """docs/cli.md documents exactly the options `aserve --help` has."""
+    documented = set()
+    for row in re.findall(r"^\| (`--.*?) \|", (DOCS / "cli.md").read_text(), re.M):
+        documented.update(re.findall(r"`(--[a-z0-9-]+)", row))
+    actual = {
+        opt
+        for param in cli.params
+        for opt in (*param.opts, *param.secondary_opts)
+        if opt.startswith("--") and opt != "--help"
+    }
+    assert sorted(actual - documented) == [], "options missing from docs/cli.md"
+    assert sorted(documented - actual) == [], "docs/cli.md lists options that do not exist"

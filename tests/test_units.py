@@ -1,0 +1,182 @@
+"""Fast unit tests of the pieces: no sockets."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from aserve.config import Config, ConfigError, load_env_file, parse_header_option
+from aserve.importer import AppLoadError, import_from_string, load_app
+from aserve.logging import escape
+from aserve.protocols.headers import InvalidResponse, encode_headers, status_line
+from aserve.proxy import apply_forwarded_headers, parse_trusted
+
+
+def test_encode_headers_validates_and_caches():
+    headers = ((b"Content-Type", b"text/plain"), (b"content-length", b"5"))
+    block = encode_headers(headers)
+    assert block.data == b"Content-Type: text/plain\r\ncontent-length: 5\r\n"
+    assert block.content_length == 5
+    assert encode_headers(headers) is block  # same list of tuples: cached
+    as_lists = [[b"Content-Type", b"text/plain"], [b"content-length", b"5"]]
+    assert encode_headers(as_lists).data == block.data  # unhashable: encoded, not cached
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        [(b"x", b"a\r\nb")],
+        [(b"x", b"a\x00")],
+        [(b"x", b"\x7f")],
+        [(b"", b"v")],
+        [(b"a b", b"v")],
+        [("x", "str")],
+        [(b"content-length", b"12a")],
+        [(b"content-length", b"1"), (b"content-length", b"2")],
+        [(b"transfer-encoding", b"gzip")],
+        [(b"content-length", b"1"), (b"transfer-encoding", b"chunked")],
+        [(b"only-one",)],
+    ],
+)
+def test_encode_headers_refuses_what_cannot_go_on_the_wire(headers):
+    with pytest.raises(InvalidResponse):
+        encode_headers(headers)
+
+
+def test_encode_headers_drops_hop_by_hop_and_notes_framing():
+    block = encode_headers([(b"Connection", b"close"), (b"Transfer-Encoding", b"chunked")])
+    assert block.data == b""
+    assert block.close and block.chunked
+    assert b"\t" in encode_headers([(b"x", b"tab\there")]).data
+
+
+def test_status_line():
+    assert status_line(200) == b"HTTP/1.1 200 OK\r\n"
+    assert status_line(599) == b"HTTP/1.1 599 \r\n"
+    with pytest.raises(InvalidResponse):
+        status_line(42)
+    with pytest.raises(InvalidResponse):
+        status_line("200")  # type: ignore[arg-type]
+
+
+def test_trusted_proxies():
+    trusted = parse_trusted("127.0.0.1, 10.0.0.0/8, ::1, unix:/run/proxy")
+    assert "127.0.0.1" in trusted
+    assert "10.1.2.3" in trusted
+    assert "::1" in trusted
+    assert "unix:/run/proxy" in trusted
+    assert "192.168.0.1" not in trusted
+    assert "not an ip" not in trusted
+    assert "1.2.3.4" in parse_trusted("*")
+    with pytest.raises(ConfigError):
+        parse_trusted("10.0.0.0/33")
+
+
+def test_forwarded_for_takes_rightmost_untrusted_hop():
+    trusted = parse_trusted("127.0.0.1,10.0.0.0/8")
+    headers = [(b"x-forwarded-for", b"198.51.100.1, 203.0.113.9, 10.0.0.2")]
+    client, _ = apply_forwarded_headers(trusted, headers, ("127.0.0.1", 5), "http")
+    assert client == ("203.0.113.9", 0)  # 198.51.100.1 was set by the client itself: unproven
+    headers = [(b"x-forwarded-proto", b"https")]
+    assert apply_forwarded_headers(trusted, headers, ("127.0.0.1", 5), "ws") == (
+        ("127.0.0.1", 5),
+        "wss",
+    )
+    headers = [(b"x-forwarded-proto", b"javascript")]
+    assert apply_forwarded_headers(trusted, headers, ("127.0.0.1", 5), "http")[1] == "http"
+    spoofed = [(b"x-forwarded-for", b"1.1.1.1")]
+    assert apply_forwarded_headers(trusted, spoofed, ("8.8.8.8", 5), "http")[0] == ("8.8.8.8", 5)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"port": -1}, "port must be between"),
+        ({"loop": "tokio"}, "loop must be one of"),
+        ({"lifespan": "maybe"}, "lifespan must be one of"),
+        ({"backlog": 0}, "backlog must be a positive integer"),
+        ({"timeout_keep_alive": 0}, "timeout_keep_alive"),
+        ({"limit_concurrency": 0}, "limit_concurrency"),
+        ({"log_level": "loud"}, "log_level must be one of"),
+        ({"root_path": "api"}, "root_path must start with '/'"),
+        ({"headers": [("bad name", "v")]}, "not a valid HTTP token"),
+        ({"headers": [("x", "a\nb")]}, "control character"),
+        ({"access_log_format": "{nope}"}, "unknown field {nope}"),
+        ({"ws_ping_interval": -1}, "ws_ping_interval"),
+        ({"uds": "/tmp/x", "fd": 3}, "only one of uds and fd"),
+    ],
+)
+def test_config_validation_names_the_setting(kwargs, message):
+    with pytest.raises(ConfigError, match=message.replace("{", r"\{").replace("}", r"\}")):
+        Config(app="x:y", **kwargs)
+
+
+def test_config_defaults_follow_uvicorn_where_they_mean_the_same():
+    config = Config(app="x:y")
+    assert (config.host, config.port, config.backlog) == ("127.0.0.1", 8000, 2048)
+    assert config.proxy_headers and config.forwarded_allow_ips == "127.0.0.1"
+    assert config.timeout_keep_alive == 65.0  # longer than load balancers' idle timeouts
+    assert Config(app="x:y", root_path="/api/").root_path == "/api"
+
+
+def test_env_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("ASERVE_KEEP", "from environment")
+    env = tmp_path / ".env"
+    env.write_text(
+        "# a comment\n\nASERVE_A=1\nexport ASERVE_B = 'two words'\nASERVE_C=\"x\" \n"
+        "ASERVE_D=value # trailing comment\nASERVE_KEEP=from file\n"
+    )
+    for key in ("ASERVE_A", "ASERVE_B", "ASERVE_C", "ASERVE_D"):
+        monkeypatch.delenv(key, raising=False)
+    load_env_file(env)
+    assert os.environ["ASERVE_A"] == "1"
+    assert os.environ["ASERVE_B"] == "two words"
+    assert os.environ["ASERVE_C"] == "x"
+    assert os.environ["ASERVE_D"] == "value"
+    assert os.environ["ASERVE_KEEP"] == "from environment"
+    (tmp_path / "bad.env").write_text("NOT A PAIR\n")
+    with pytest.raises(ConfigError, match="line 1: expected KEY=VALUE"):
+        load_env_file(tmp_path / "bad.env")
+
+
+def test_header_option():
+    assert parse_header_option("X-Name: value") == ("X-Name", "value")
+    with pytest.raises(ConfigError):
+        parse_header_option("novalue")
+
+
+def test_import_errors_are_one_line():
+    with pytest.raises(AppLoadError, match="could not import module 'no_such_mod'"):
+        import_from_string("no_such_mod:app")
+    with pytest.raises(AppLoadError, match="attribute 'nope' not found in module 'os'"):
+        import_from_string("os:nope")
+    assert import_from_string("os.path:join") is os.path.join
+
+
+def test_asgi2_detection():
+    class ASGI2App:
+        def __init__(self, scope):
+            pass
+
+    async def asgi3(scope, receive, send):
+        pass
+
+    class ASGI3Instance:
+        async def __call__(self, scope, receive, send):
+            pass
+
+    assert type(load_app(Config(app=ASGI2App))).__name__ == "ASGI2Adapter"
+    assert load_app(Config(app=asgi3)) is asgi3
+    instance = ASGI3Instance()
+    assert load_app(Config(app=instance)) is instance
+    assert type(load_app(Config(app=asgi3, interface="asgi2"))).__name__ == "ASGI2Adapter"
+
+
+def test_escape():
+    assert escape("/plain/path") == "/plain/path"
+    assert escape("a\r\nb") == "a\\x0d\\x0ab"
+    assert escape('say "hi"\\') == 'say \\"hi\\"\\\\'
+    assert escape("\x1b[31m") == "\\x1b[31m"
+    assert escape("\u2028") == "\\u2028"
+    assert escape("café") == "café"
