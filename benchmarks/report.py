@@ -32,6 +32,7 @@ def summarize(runs, workloads, servers):
             good = [r for r in mine if r["ok"]]
             summary[workload.name][server] = {
                 "median": _median([r["value"] for r in good]),
+                "values": [r["value"] for r in good],
                 "p50_ms": _median([r.get("p50_ms") for r in good]),
                 "p99_ms": _median([r.get("p99_ms") for r in good]),
                 "ok": len(good), "failed": len(mine) - len(good),
@@ -66,12 +67,13 @@ def format_tables(summary, workloads, servers):
                                                         for s in servers)
         line += "".join(f"{_fmt(ratio(row, 'aserve', o), 2):>12}" for o in others)
         lines.append(line)
-    lines += ["", f"{'latency ms p50/p99':<24}" + "".join(f"{s:>18}" for s in servers)]
-    for w in workloads:
-        if w.kind == "http" and w.latency:
-            row = summary[w.name]
-            cells = [f"{_fmt(row[s]['p50_ms'], 2)}/{_fmt(row[s]['p99_ms'], 2)}" for s in servers]
-            lines.append(f"{w.name:<24}" + "".join(f"{c:>18}" for c in cells))
+    with_latency = [w for w in workloads if w.kind == "http" and w.latency]
+    if with_latency:
+        lines += ["", f"{'latency ms p50/p99':<24}" + "".join(f"{s:>18}" for s in servers)]
+    for w in with_latency:
+        row = summary[w.name]
+        cells = [f"{_fmt(row[s]['p50_ms'], 2)}/{_fmt(row[s]['p99_ms'], 2)}" for s in servers]
+        lines.append(f"{w.name:<24}" + "".join(f"{c:>18}" for c in cells))
     return "\n".join(lines)
 
 
@@ -143,8 +145,9 @@ def save_plot(path, summary, workloads, servers, title):
     for ax, workload in zip(axes.flat, workloads, strict=False):
         values = [summary[workload.name][s]["median"] or 0 for s in servers]
         bars = ax.bar(servers, values, color=[COLORS.get(s, "grey") for s in servers])
-        labels = [_fmt(summary[workload.name][s]["median"], 1 if workload.kind == "memory"
-                       else 0) for s in servers]
+        digits = 1 if workload.kind == "memory" else 0
+        labels = [_fmt(summary[workload.name][s]["median"], digits).replace("-", "failed")
+                  for s in servers]
         ax.bar_label(bars, labels=labels, fontsize=8)
         better = "higher" if workload.higher_is_better else "lower"
         ax.set_title(f"{workload.name} ({workload.unit}, {better} is better)", fontsize=9)

@@ -7,6 +7,7 @@ load clients run on core 1. Results go to benchmarks/results/.
 """
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -25,6 +26,7 @@ from benchmarks.servers import (
     REPO_ROOT,
     SERVERS,
     ServerError,
+    log_tail,
     start_server,
     stop_server,
 )
@@ -47,8 +49,8 @@ def parse_args(argv=None):
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=positive_int, default=5,
                         help="interleaved rounds (default 5)")
-    parser.add_argument("--duration", type=positive_int, default=6,
-                        help="seconds of load per workload (default 6)")
+    parser.add_argument("--duration", type=positive_int, default=5,
+                        help="seconds of load per workload (default 5)")
     parser.add_argument("--warmup", type=int, default=1,
                         help="seconds of warm-up load after each server start (default 1)")
     parser.add_argument("--idle-connections", type=int, default=5000,
@@ -126,6 +128,14 @@ def measure_ws(workload, port, duration, warmup):
     return result
 
 
+def measure_memory(workload, server):
+    result = idle_memory(server.process.pid, server.port, workload.connections)
+    if result["alive_at_measure"] < workload.connections:
+        raise RuntimeError(f"only {result['alive_at_measure']} of {workload.connections} idle "
+                           f"connections were open at the measurement: {result}")
+    return result
+
+
 def measure(workload, server, duration, warmup):
     """Check one response, then load the server; returns the result dict."""
     if workload.kind == "ws":
@@ -134,14 +144,19 @@ def measure(workload, server, duration, warmup):
     if problem:
         raise RuntimeError(problem)
     if workload.kind == "memory":
-        return idle_memory(server.process.pid, server.port, workload.connections)
+        return measure_memory(workload, server)
     return measure_http(workload, server.port, duration)
 
 
+MEASURE_ERRORS = (RuntimeError, OSError, subprocess.SubprocessError, ValueError)
+
+
 def warm_up(group, server, seconds):
+    """Discarded load on a fresh server; problems show up in the real measurement."""
     first = group[0]
     if first.kind == "http" and seconds > 0 and check_response(first, server.port) is None:
-        measure_http(first, server.port, seconds)
+        with contextlib.suppress(*MEASURE_ERRORS):
+            measure_http(first, server.port, seconds)
 
 
 def run_group(name, group, args, round_number):
@@ -158,11 +173,11 @@ def run_group(name, group, args, round_number):
     try:
         warm_up(group, server, args.warmup)
         for workload in group:
-            record = {**base, "workload": workload.name}
+            record = {**base, "workload": workload.name, "loadavg_1m": os.getloadavg()[0]}
             try:
                 record.update(measure(workload, server, args.duration, args.warmup), ok=True)
-            except (RuntimeError, OSError, subprocess.SubprocessError, ValueError) as exc:
-                record.update(ok=False, error=str(exc))
+            except MEASURE_ERRORS as exc:
+                record.update(ok=False, error=f"{exc}{log_tail(server.log_path, 6)}")
             print_progress(record, workload)
             records.append(record)
     finally:
@@ -181,6 +196,13 @@ def print_progress(record, workload):
     errors = {k: v for k, v in record.get("errors", {}).items() if v}
     print(f"{head} {record['value']:>12,.1f} {workload.unit}{latency}"
           f"{'  errors ' + str(errors) if errors else ''}", flush=True)
+
+
+def warn_if_busy(threshold=1.0):
+    load = os.getloadavg()[0]
+    if load > threshold:
+        print(f"warning: load average is {load:.1f}; other processes will add noise",
+              flush=True)
 
 
 def run_rounds(args, servers, workloads):
@@ -207,7 +229,9 @@ def write_results(args, servers, workloads, runs, elapsed):
     config = {"rounds": args.rounds, "duration": args.duration, "warmup": args.warmup,
               "quick": args.quick, "idle_connections": args.idle_connections,
               "servers": servers, "server_core": SERVER_CORE, "load_core": LOAD_CORE,
-              "elapsed_seconds": round(elapsed, 1)}
+              "elapsed_seconds": round(elapsed, 1),
+              "max_loadavg_1m": max((r["loadavg_1m"] for r in runs if "loadavg_1m" in r),
+                                    default=None)}
     meta = report.metadata(config)
     args.output_dir.mkdir(parents=True, exist_ok=True)
     stem = args.output_dir / f"bench-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -219,7 +243,8 @@ def write_results(args, servers, workloads, runs, elapsed):
     failures = report.format_failures(summary, servers)
     if failures:
         print("\nfailures:\n" + failures)
-    print("\n'!' = some runs reported socket errors / non-2xx answers (see JSON)")
+    if any(cell["flagged"] for row in summary.values() for cell in row.values()):
+        print("\n'!' = some runs reported socket errors / non-2xx answers (see JSON)")
     print(f"saved {stem.with_suffix('.json')} and {stem.with_suffix('.png')} "
           f"({elapsed / 60:.1f} min)")
 
@@ -231,6 +256,7 @@ def main(argv=None):
     deps.ensure_wrk()
     deps.ensure_python_packages()
     prepare_machine(args.idle_connections)
+    warn_if_busy()
     started = time.monotonic()
     runs = run_rounds(args, servers, workloads)
     write_results(args, servers, workloads, runs, time.monotonic() - started)

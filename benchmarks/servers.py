@@ -87,7 +87,7 @@ def start_server(name, app, *, core=0, websocket=False, idle_connections=0, time
     try:
         wait_until_ready(server, timeout)
     except ServerError:
-        stop_server(server, keep_log=True)
+        stop_server(server)  # the error message already carries the log tail
         raise
     return server
 
@@ -128,7 +128,7 @@ def log_tail(path, lines=15):
     return "\n    | " + "\n    | ".join(text.splitlines()[-lines:])
 
 
-def stop_server(server, *, keep_log=False, grace=5.0):
+def stop_server(server, *, grace=5.0):
     """SIGTERM the whole process group, SIGKILL it if still alive after `grace` seconds."""
     _signal_group(server.process, signal.SIGTERM)
     try:
@@ -137,8 +137,7 @@ def stop_server(server, *, keep_log=False, grace=5.0):
         _signal_group(server.process, signal.SIGKILL)
         server.process.wait(timeout=grace)
     _signal_group(server.process, signal.SIGKILL)  # leftover workers, if any
-    if not keep_log:
-        server.log_path.unlink(missing_ok=True)
+    server.log_path.unlink(missing_ok=True)
 
 
 def _signal_group(process, sig):

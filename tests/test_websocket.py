@@ -17,6 +17,7 @@ import time
 from typing import Any
 
 import pytest
+from fastapi import FastAPI, WebSocket, WebSocketDisconnect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
@@ -34,7 +35,8 @@ def handshake_request(path: bytes = b"/", extra: bytes = b"", version: bytes = b
     key = base64.b64encode(os.urandom(16))
     return (
         b"GET %s HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        b"Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: %s\r\n%s\r\n" % (path, key, version, extra)
+        b"Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: %s\r\n%s\r\n"
+        % (path, key, version, extra)
     )
 
 
@@ -267,6 +269,31 @@ def test_client_close_reaches_app_and_send_then_raises():
     assert isinstance(outcome[2], ClientDisconnected) and isinstance(outcome[2], OSError)
 
 
+def test_messages_sent_before_the_close_reach_a_slow_app():
+    release = threading.Event()
+    got: list[Any] = []
+    done = threading.Event()
+
+    async def app(scope, receive, send):
+        await receive()
+        await send({"type": "websocket.accept"})
+        while not release.is_set():
+            await asyncio.sleep(0.01)
+        while (message := await receive())["type"] != "websocket.disconnect":
+            got.append(message["text"])
+        got.append(message)
+        done.set()
+
+    with serve(app) as server:
+        with connect(ws_url(server)) as ws:
+            for text in ("a", "b", "c"):
+                ws.send(text)
+            ws.close()  # the server answers the Close while the app is still busy
+        release.set()
+        assert done.wait(5)
+    assert got == ["a", "b", "c", {"type": "websocket.disconnect", "code": 1000, "reason": ""}]
+
+
 def test_connection_loss_is_1006():
     got, done, app = recorder()
     with serve(app) as server:
@@ -317,9 +344,8 @@ def test_close_before_accept_is_403():
         await receive()
         await send({"type": "websocket.close"})
 
-    with serve(app) as server:
-        with pytest.raises(InvalidStatus) as info:
-            connect(ws_url(server))
+    with serve(app) as server, pytest.raises(InvalidStatus) as info:
+        connect(ws_url(server))
     assert info.value.response.status_code == 403
 
 
@@ -327,9 +353,8 @@ def test_returning_without_accept_is_403(caplog):
     async def app(scope, receive, send):
         await receive()
 
-    with serve(app) as server:
-        with pytest.raises(InvalidStatus) as info:
-            connect(ws_url(server))
+    with serve(app) as server, pytest.raises(InvalidStatus) as info:
+        connect(ws_url(server))
     assert info.value.response.status_code == 403
     assert "without accepting" in caplog.text
 
@@ -465,11 +490,13 @@ def test_ping_timeout_drops_a_dead_peer():
 
 
 def test_answered_pings_keep_the_connection():
-    with serve(echo, ws_ping_interval=0.05, ws_ping_timeout=0.1) as server:
-        with connect(ws_url(server)) as ws:
-            time.sleep(0.5)  # the client answers pings on its own
-            ws.send("still here")
-            assert ws.recv() == "still here"
+    with (
+        serve(echo, ws_ping_interval=0.05, ws_ping_timeout=0.1) as server,
+        connect(ws_url(server)) as ws,
+    ):
+        time.sleep(0.5)  # the client answers pings on its own
+        ws.send("still here")
+        assert ws.recv() == "still here"
 
 
 # -- flow control ----------------------------------------------------------------------------
@@ -595,7 +622,9 @@ def test_shutdown_refuses_a_handshake_the_app_has_not_accepted():
 
 async def http_hello(scope, receive, send):
     await send({"type": "http.response.start", "status": 200, "headers": []})
-    await send({"type": "http.response.body", "body": scope["type"].encode() + scope["path"].encode()})
+    await send(
+        {"type": "http.response.body", "body": scope["type"].encode() + scope["path"].encode()}
+    )
 
 
 def test_other_upgrades_are_answered_as_http_and_the_rest_is_not_parsed():
@@ -630,8 +659,8 @@ def test_access_log_lines(caplog):
     caplog.set_level(logging.INFO, logger="aserve.access")
 
     async def app(scope, receive, send):
-        await receive()
         if scope["path"] == "/no":
+            await receive()
             await send({"type": "websocket.close"})
         else:
             await echo(scope, receive, send)
@@ -647,8 +676,6 @@ def test_access_log_lines(caplog):
 
 
 def test_fastapi_websocket_endpoint():
-    from fastapi import FastAPI, WebSocket, WebSocketDisconnect
-
     api = FastAPI()
     closed = []
 
@@ -674,7 +701,7 @@ def test_fastapi_websocket_endpoint():
             with pytest.raises(ConnectionClosed) as info:
                 ws.recv()
             assert info.value.rcvd.code == 4000
-        with connect(ws_url(server, "/rooms/x")) as ws:
+        with connect(ws_url(server, "/rooms/x"), subprotocols=["chat"]) as ws:
             ws.send("hi")
             ws.recv()
         with pytest.raises(InvalidStatus) as refused:

@@ -41,6 +41,45 @@ class ASGI2Adapter:
         await instance(receive, send)
 
 
+def start_app(
+    loop: asyncio.AbstractEventLoop,
+    app: ASGIApp,
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    context: contextvars.Context,
+) -> asyncio.Task[Any]:
+    """Call the app and start the call as a Task (see `start_task`).
+
+    The app's own coroutine is the Task's coroutine: no wrapper frame per request. The caller
+    reads success or failure from the Task when it is done.
+    """
+    try:
+        call = app(scope, receive, send)
+    except BaseException as exc:  # raised before returning an awaitable (not `async def`)
+        call = _raise(exc)
+    if type(call) is not _COROUTINE:
+        call = _await(call)
+    return start_task(loop, call, context)
+
+
+async def _await(awaitable: Awaitable[None]) -> None:
+    await awaitable
+
+
+async def _raise(exc: BaseException) -> None:
+    raise exc
+
+
+async def _probe() -> None:
+    pass
+
+
+_probe_coroutine = _probe()
+_COROUTINE = type(_probe_coroutine)
+_probe_coroutine.close()
+
+
 def start_task(
     loop: asyncio.AbstractEventLoop,
     coro: Coroutine[Any, Any, Any],

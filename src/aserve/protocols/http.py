@@ -2,7 +2,7 @@
 
 A connection owns a queue of parsed requests (`RequestCycle`) and answers them strictly in
 order; at most one app call is answering at a time. The app call for a request starts once its
-head is parsed and the previous response is complete, as an eager Task (see `asgi.start_task`),
+head is parsed and the previous response is complete, as an eager Task (see `asgi.start_app`),
 so a request that needs no I/O is answered inside `data_received`.
 
 Connection states, derived from the fields rather than stored twice:
@@ -20,10 +20,16 @@ from urllib.parse import unquote
 
 import httptools
 
-from aserve.asgi import ASGI_VERSION, HTTP_SPEC_VERSION, ClientDisconnected, start_task
+from aserve.asgi import ASGI_VERSION, HTTP_SPEC_VERSION, ClientDisconnected, start_app
 from aserve.logging import error_logger
-from aserve.protocols.headers import HeaderBlock, InvalidResponse, encode_headers, status_line
-from aserve.proxy import apply_forwarded_headers
+from aserve.protocols.headers import (
+    STATUS_LINES,
+    HeaderBlock,
+    InvalidResponse,
+    encode_headers,
+    status_line,
+)
+from aserve.proxy import TrustedProxies, apply_forwarded_headers
 
 if TYPE_CHECKING:
     from aserve.asgi import ASGIApp, Message
@@ -39,7 +45,6 @@ _PAUSED_FOR_PIPELINE = 2
 _PAUSED_FOR_SHUTDOWN = 4
 
 _METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")}
-_HTTP_VERSIONS = {"1.1": "1.1", "1.0": "1.0"}
 
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _CHUNKED = b"transfer-encoding: chunked\r\n"
@@ -114,27 +119,28 @@ class RequestCycle:
 
     # -- driven by the connection ----------------------------------------------------------
 
-    async def run(self, app: ASGIApp) -> None:
-        try:
-            result = await app(self.scope, self.receive, self.send)
-        except asyncio.CancelledError:
+    def app_finished(self, task: asyncio.Task[Any]) -> None:
+        """What to do once the app call is over: the app's Task is its own coroutine, so a
+        failure is read from the Task here instead of a wrapper coroutine per request."""
+        self.conn.state.tasks.discard(task)
+        if task.cancelled():
             if not self.complete:
                 self.conn.abort()
-            raise
-        except BaseException as exc:
+            return
+        exc = task.exception()
+        if exc is not None:
             self._app_failed(exc)
-            if not isinstance(exc, Exception):
-                raise
-        else:
-            if result is not None:
-                error_logger.error("ASGI callable returned a value instead of None: %r", result)
-            if not self.started:
-                if not self.disconnected:
-                    error_logger.error("ASGI callable returned without starting a response.")
-                    self._respond_500()
-            elif not self.complete:
-                error_logger.error("ASGI callable returned without completing the response.")
-                self.conn.abort()
+            return
+        result = task.result()
+        if result is not None:
+            error_logger.error("ASGI callable returned a value instead of None: %r", result)
+        if not self.started:
+            if not self.disconnected:
+                error_logger.error("ASGI callable returned without starting a response.")
+                self._respond_500()
+        elif not self.complete:
+            error_logger.error("ASGI callable returned without completing the response.")
+            self.conn.abort()
 
     def feed_body(self, data: bytes) -> None:
         if self.complete or self.disconnected:
@@ -143,10 +149,6 @@ class RequestCycle:
         self.body_size += len(data)
         if self.body_size > BODY_HIGH_WATER:
             self.conn.pause_reading(_PAUSED_FOR_BODY)
-        self._wake()
-
-    def end_body(self) -> None:
-        self.body_done = True
         self._wake()
 
     def lose_connection(self) -> None:
@@ -211,12 +213,15 @@ class RequestCycle:
             raise InvalidResponse(
                 f"unexpected ASGI message {message['type']!r} after the response was complete"
             )
-        return self.conn.drained()
+        conn = self.conn
+        if conn.write_paused:
+            return conn.drained()
+        return conn.state.done
 
     # -- writing the response --------------------------------------------------------------
 
     def _start(self, status: int, headers: Any) -> None:
-        line = status_line(status)
+        line = STATUS_LINES.get(status) or status_line(status)
         self._block = encode_headers(headers)
         self.status = status
         self.started = True
@@ -341,18 +346,19 @@ class HttpProtocol(asyncio.Protocol):
         "_closed",
         "_drain_waiter",
         "_expect_100",
+        "_forwarded",
         "_headers",
         "_idle_since",
         "_parsing",
         "_paused",
         "_pending_error",
+        "_proxy",
         "_queue",
         "_timer",
         "_upgrade",
         "_url",
         "_websocket_scope",
         "_websocket_trailing",
-        "_write_paused",
         "client",
         "dispatching",
         "loop",
@@ -361,6 +367,7 @@ class HttpProtocol(asyncio.Protocol):
         "server",
         "state",
         "transport",
+        "write_paused",
     )
 
     def __init__(self, state: ServerState) -> None:
@@ -377,12 +384,14 @@ class HttpProtocol(asyncio.Protocol):
         self._headers: list[tuple[bytes, bytes]] = []
         self._url = b""
         self._expect_100 = False
+        self._forwarded = False
         self._upgrade: bytes | None = None
         self._websocket_scope: dict[str, Any] | None = None
         self._websocket_trailing: bytes | None = None
         self._pending_error: bytes | None = None
+        self._proxy: TrustedProxies | None = None
         self._paused = 0
-        self._write_paused = False
+        self.write_paused = False
         self._drain_waiter: asyncio.Future[None] | None = None
         self._closed = False
         self._idle_since = 0.0
@@ -398,6 +407,9 @@ class HttpProtocol(asyncio.Protocol):
         self.client = _address(transport.get_extra_info("peername"))
         if transport.get_extra_info("sslcontext") is not None:
             self.scheme = "https"
+        trusted = self.state.trusted_proxies
+        if trusted is not None and self.client is not None and self.client[0] in trusted:
+            self._proxy = trusted  # the peer is a proxy we believe: read its forwarding headers
         self._idle_since = self.loop.time()
         self._timer = self.loop.call_at(
             self._idle_since + self.state.timeout_keep_alive, self._on_keep_alive_timer
@@ -432,10 +444,10 @@ class HttpProtocol(asyncio.Protocol):
         return None  # close our side too; an in-flight response's cycle sees the disconnect
 
     def pause_writing(self) -> None:
-        self._write_paused = True
+        self.write_paused = True
 
     def resume_writing(self) -> None:
-        self._write_paused = False
+        self.write_paused = False
         waiter = self._drain_waiter
         if waiter is not None:
             self._drain_waiter = None
@@ -448,6 +460,7 @@ class HttpProtocol(asyncio.Protocol):
         self._headers = []
         self._url = b""
         self._expect_100 = False
+        self._forwarded = False
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -456,6 +469,8 @@ class HttpProtocol(asyncio.Protocol):
         name = name.lower()
         if name == b"expect" and value.lower() == b"100-continue":
             self._expect_100 = True
+        elif name[:12] == b"x-forwarded-":
+            self._forwarded = True
         self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
@@ -463,7 +478,7 @@ class HttpProtocol(asyncio.Protocol):
         state = self.state
         raw_method = parser.get_method()
         method = _METHODS.get(raw_method) or raw_method.decode("ascii")
-        http_version = _HTTP_VERSIONS.get(parser.get_http_version()) or "1.1"
+        http_version = parser.get_http_version()  # "1.1" or "1.0": llhttp refuses others
         target = self._url
         if target[:1] == b"/" and b"#" not in target:
             raw_path, _, query = target.partition(b"?")
@@ -482,8 +497,8 @@ class HttpProtocol(asyncio.Protocol):
         headers = self._headers
         client = self.client
         scheme = self.scheme
-        if state.trusted_proxies is not None and client is not None:
-            client, scheme = apply_forwarded_headers(state.trusted_proxies, headers, client, scheme)
+        if self._forwarded and self._proxy is not None:
+            client, scheme = apply_forwarded_headers(self._proxy, headers, client, scheme)
         scope = {
             "type": "http",
             "asgi": {"version": ASGI_VERSION, "spec_version": HTTP_SPEC_VERSION},
@@ -522,7 +537,9 @@ class HttpProtocol(asyncio.Protocol):
         cycle = self._parsing
         if cycle is not None:
             self._parsing = None
-            cycle.end_body()
+            cycle.body_done = True
+            if cycle.waiter is not None:
+                cycle._wake()
 
     # -- answering requests in order -------------------------------------------------------
 
@@ -538,10 +555,25 @@ class HttpProtocol(asyncio.Protocol):
         self.dispatching = True
         try:
             queue = self._queue
+            state = self.state
+            tasks = state.tasks
             while self._active is None and queue:
                 cycle = queue.popleft()
                 self._active = cycle
-                self._start_app(cycle)
+                task = start_app(
+                    self.loop,
+                    self._app(),
+                    cycle.scope,
+                    cycle.receive,
+                    cycle.send,
+                    state.base_context.copy(),
+                )
+                if task.done():
+                    cycle.app_finished(task)
+                else:
+                    cycle.task = task
+                    tasks.add(task)
+                    task.add_done_callback(cycle.app_finished)
                 if cycle.started and not cycle.head_written and not cycle.disconnected:
                     cycle.flush_head()  # the app paused between start and body
             if self._paused & _PAUSED_FOR_PIPELINE and len(queue) <= PIPELINE_HIGH_WATER // 2:
@@ -554,17 +586,12 @@ class HttpProtocol(asyncio.Protocol):
         finally:
             self.dispatching = False
 
-    def _start_app(self, cycle: RequestCycle) -> None:
+    def _app(self) -> ASGIApp:
         state = self.state
-        app = state.app
         limit = state.limit_concurrency
         if limit is not None and (len(state.connections) > limit or len(state.tasks) >= limit):
-            app = _service_unavailable
-        task = start_task(self.loop, cycle.run(app), state.base_context.copy())
-        if not task.done():
-            cycle.task = task
-            state.tasks.add(task)
-            task.add_done_callback(state.tasks.discard)
+            return _service_unavailable
+        return state.app
 
     def response_complete(self, cycle: RequestCycle) -> None:
         if self._active is cycle:
@@ -595,7 +622,7 @@ class HttpProtocol(asyncio.Protocol):
 
     def drained(self) -> asyncio.Future[None]:
         """An awaitable that resolves once the transport accepts more data."""
-        if not self._write_paused or self._closed:
+        if not self.write_paused or self._closed:
             return self.state.done
         if self._drain_waiter is None:
             self._drain_waiter = self.loop.create_future()

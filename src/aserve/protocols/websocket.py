@@ -242,8 +242,6 @@ class WebSocketProtocol(asyncio.Protocol):
             # The connection is closing or gone: what the app raised on the way out is not
             # worth a traceback (it is often the ClientDisconnected we raised).
             error_logger.debug("ASGI app raised after the WebSocket closed: %r", exc)
-            if self._phase is CONNECTING:
-                self.abort()
             return
         error_logger.error("Exception in ASGI application", exc_info=exc)
         if self._phase is CONNECTING:
@@ -561,9 +559,10 @@ class WebSocketProtocol(asyncio.Protocol):
         self._flush()
 
     def _closing(self, code: int, reason: str) -> None:
-        """Leave the open state: no more messages for the app; wait (bounded) for the peer."""
+        """Leave the open state: queued messages still reach the app, then the disconnect."""
+        # Reading goes on (data frames are dropped now) so the peer's Close reply or EOF is
+        # seen; the timer bounds the wait.
         self._phase = CLOSING
-        self._queue.clear()
         self._fragments = self._decoder = None
         self._set_disconnect(code, reason)
         self._resume_reading(_PAUSED_QUEUE | _PAUSED_EARLY)  # the peer's Close must be read
@@ -581,12 +580,13 @@ class WebSocketProtocol(asyncio.Protocol):
         if not writes[-1]:
             # websockets is done with the TCP connection: half-close and let the peer close
             # its side (so unread bytes do not turn our FIN into a reset), within a bound.
+            # A server shutting down does not wait for the peer.
             if self._phase is not CLOSING:
                 self._phase = CLOSING
                 self._cancel_timer()
                 self._timer = self.loop.call_later(CLOSE_TIMEOUT, self.abort)
             self._resume_reading(_PAUSED_QUEUE | _PAUSED_EARLY)
-            if transport.can_write_eof():
+            if transport.can_write_eof() and not self.state.shutting_down:
                 try:
                     transport.write_eof()
                 except (OSError, RuntimeError):  # uvloop raises RuntimeError when closing
@@ -601,6 +601,8 @@ class WebSocketProtocol(asyncio.Protocol):
             self._close(1012, "service restart")
         elif phase is CONNECTING and self._denial is None:
             self._reject(self._rejection(503, "Service Unavailable\n"))
+        elif phase is CLOSING and self.protocol.eof_sent:
+            self.transport.close()  # only the peer's FIN was missing: do not wait for it
 
     def abort(self) -> None:
         """Close the transport now, unsent data and all."""
