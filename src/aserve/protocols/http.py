@@ -37,6 +37,8 @@ if TYPE_CHECKING:
 
 # Unread request body kept per request before we stop reading from the socket.
 BODY_HIGH_WATER = 64 * 1024
+# Bytes batched during an eager app start before they are written anyway.
+WRITE_BATCH_LIMIT = 64 * 1024
 # Parsed requests waiting behind the one being answered before we stop reading.
 PIPELINE_HIGH_WATER = 16
 
@@ -340,6 +342,8 @@ class HttpProtocol(asyncio.Protocol):
 
     __slots__ = (
         "_active",
+        "_batch",
+        "_batch_size",
         "_closed",
         "_drain_waiter",
         "_expect_100",
@@ -379,6 +383,8 @@ class HttpProtocol(asyncio.Protocol):
         self._queue: deque[RequestCycle] = deque()
         self._scope_template: dict[str, Any] = {}
         self._active: RequestCycle | None = None
+        self._batch: list[bytes] = []
+        self._batch_size = 0
         self._parsing: RequestCycle | None = None
         self._headers: list[tuple[bytes, bytes]] = []
         self._url = b""
@@ -592,9 +598,12 @@ class HttpProtocol(asyncio.Protocol):
                 if self._pending_error is not None:
                     self._send_error_and_close(self._pending_error)
                 elif self._websocket_trailing is not None and not self._closed:
+                    self._flush()
                     self._switch_to_websocket()
         finally:
             self.dispatching = False
+            if self._batch:
+                self._flush()
 
     def _app(self) -> ASGIApp:
         state = self.state
@@ -609,7 +618,7 @@ class HttpProtocol(asyncio.Protocol):
         if self._closed:
             return
         if not cycle.keep_alive or (self.state.shutting_down and not self._queue):
-            self.transport.close()
+            self._close()
             return
         if cycle.body_size > BODY_HIGH_WATER:
             cycle.chunks = []
@@ -640,21 +649,47 @@ class HttpProtocol(asyncio.Protocol):
         return self._drain_waiter
 
     def write(self, data: bytes) -> None:
-        if not self._closed:
+        """Write now, or batch while an eager app start is running (`dispatching`).
+
+        Everything an app writes before it first suspends, and every answer to a pipelined
+        batch, then leaves in one `transport.write` (one syscall) when the dispatch loop ends.
+        Past `WRITE_BATCH_LIMIT` the batch goes out at once, so flow control still sees it.
+        """
+        if self._closed:
+            return
+        if self.dispatching:
+            self._batch.append(data)
+            self._batch_size += len(data)
+            if self._batch_size >= WRITE_BATCH_LIMIT:
+                self._flush()
+        else:
             self.transport.write(data)
+
+    def _flush(self) -> None:
+        batch = self._batch
+        if batch:
+            data = batch[0] if len(batch) == 1 else b"".join(batch)
+            self._batch = []
+            self._batch_size = 0
+            if not self._closed:
+                self.transport.write(data)
+
+    def _close(self) -> None:
+        if not self._closed:
+            self._flush()
+            self.transport.close()
 
     # -- closing ---------------------------------------------------------------------------
 
     def abort(self) -> None:
         """Close at once: a response that cannot be completed must not look complete."""
-        if not self._closed:
-            self.transport.close()
+        self._close()
 
     def shutdown(self) -> None:
         """Graceful shutdown: close if idle, else close after the requests already read."""
         self.pause_reading(_PAUSED_FOR_SHUTDOWN)
-        if self._active is None and not self._queue and not self._closed:
-            self.transport.close()
+        if self._active is None and not self._queue:
+            self._close()
 
     def _on_keep_alive_timer(self) -> None:
         self._timer = None
@@ -665,7 +700,7 @@ class HttpProtocol(asyncio.Protocol):
         if self._active is None and not self._queue:
             deadline = self._idle_since + timeout
             if now >= deadline:
-                self.transport.close()
+                self._close()
                 return
         else:
             deadline = now + timeout
@@ -700,8 +735,7 @@ class HttpProtocol(asyncio.Protocol):
             b"content-length: %d\r\n%sconnection: close\r\n\r\n%s"
             % (len(body), self.state.default_headers, body)
         )
-        if not self._closed:
-            self.transport.close()
+        self._close()
 
     def _handle_upgrade(self, trailing: bytes) -> None:
         # Only a WebSocket handshake switches protocols; any other Upgrade is answered as plain

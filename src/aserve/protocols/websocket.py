@@ -320,15 +320,18 @@ class WebSocketProtocol(asyncio.Protocol):
         kind = message["type"]
         if phase is OPEN:
             if kind == "websocket.send":
+                protocol = self.protocol
                 text = message.get("text")
                 if text is not None:
-                    self.protocol.send_text(text.encode())
+                    protocol.send_text(text.encode())
                 else:
                     data = message.get("bytes")
                     if data is None:
                         raise RuntimeError("'websocket.send' needs 'text' or 'bytes'")
-                    self.protocol.send_binary(data)
-                self._flush()
+                    protocol.send_binary(data)
+                self._write(protocol.data_to_send())
+                if not self._write_paused:
+                    return self.state.done
             elif kind == "websocket.close":
                 self._close(message.get("code") or 1000, message.get("reason") or "")
             else:
@@ -464,7 +467,9 @@ class WebSocketProtocol(asyncio.Protocol):
                 self._closing(1006, "")
             else:
                 self._closing(close.code, close.reason)
-        self._flush()
+        writes = protocol.data_to_send()  # pongs, Close replies: usually nothing
+        if writes:
+            self._write(writes)
 
     def eof_received(self) -> bool | None:
         if self._phase is not CLOSING:
@@ -571,9 +576,13 @@ class WebSocketProtocol(asyncio.Protocol):
         self._timer = self.loop.call_later(CLOSE_TIMEOUT, self.abort)
 
     def _flush(self) -> None:
-        """Write what websockets produced, in one write; act on its end-of-stream marker."""
         writes = self.protocol.data_to_send()
-        if not writes or self._phase is CLOSED:
+        if writes:
+            self._write(writes)
+
+    def _write(self, writes: list[bytes]) -> None:
+        """Write what websockets produced, in one write; act on its end-of-stream marker."""
+        if self._phase is CLOSED:
             return
         transport = self.transport
         transport.write(writes[0] if len(writes) == 1 else b"".join(writes))
