@@ -625,3 +625,12 @@ def test_access_log_escapes_client_controlled_text(caplog):
     assert "\n" not in line and "\r" not in line and "\x1b" not in line
     assert '"GET /a\\x0d\\x0aforged\\x1b[31m" 200 13 ' in line
     assert line.endswith('say \\"hi\\"')
+
+
+def test_inherited_file_descriptor():
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+    with serve(hello, fd=listener.detach()):  # the server owns the descriptor now
+        assert httpx.get(f"http://127.0.0.1:{port}/").text == "Hello, world!"

@@ -180,3 +180,33 @@ def test_escape():
     assert escape("\x1b[31m") == "\\x1b[31m"
     assert escape("\u2028") == "\\u2028"
     assert escape("café") == "café"
+
+
+def test_log_config_file_and_level(tmp_path):
+    import json
+    import logging
+
+    from aserve.logging import configure_logging
+
+    log_file = tmp_path / "aserve.log"
+    config = {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "handlers": {"file": {"class": "logging.FileHandler", "filename": str(log_file)}},
+        "loggers": {"aserve.error": {"handlers": ["file"], "level": "INFO"}},
+    }
+    path = tmp_path / "logging.json"
+    path.write_text(json.dumps(config))
+    configure_logging(str(path), "warning", access_log=False)
+    logging.getLogger("aserve.error").warning("written")
+    logging.getLogger("aserve.error").info("filtered by --log-level")
+    for handler in logging.getLogger("aserve.error").handlers:
+        handler.flush()
+    assert log_file.read_text().splitlines() == ["written"]
+    assert logging.getLogger("aserve.access").handlers == []
+    with pytest.raises(ConfigError, match="does not exist"):
+        configure_logging(str(tmp_path / "missing.json"), None, True)
+    logging.getLogger("aserve.error").handlers.clear()
+    logging.getLogger("aserve.error").setLevel(logging.NOTSET)
+    logging.getLogger("aserve.access").setLevel(logging.NOTSET)
+    logging.getLogger("aserve").setLevel(logging.NOTSET)

@@ -203,21 +203,45 @@ def test_per_message_deflate_negotiated_only_when_enabled():
 
 
 def test_frames_sent_before_the_101_wait_for_accept():
-    accepted = threading.Event()
-
     async def app(scope, receive, send):
         await receive()
         await asyncio.sleep(0.1)  # the client's frame is already here
         await send({"type": "websocket.accept"})
-        accepted.set()
         message = await receive()
         await send({"type": "websocket.send", "text": message["text"].upper()})
         await receive()
 
+    # The frame goes out in the same packet as the handshake, long before the 101.
     with serve(app) as server, raw_websocket(server, client_frame(0x1, b"early")) as sock:
-        assert accepted.is_set()
         data = sock.recv(100)
         assert server_frames(data) == [(0x1, b"EARLY")]
+
+
+def test_a_receive_cancelled_by_a_timeout_loses_no_message():
+    got: list[str] = []
+    done = threading.Event()
+
+    async def app(scope, receive, send):
+        await receive()
+        await send({"type": "websocket.accept"})
+        while True:
+            try:
+                message = await asyncio.wait_for(receive(), 0.001)
+            except TimeoutError:
+                continue
+            if message["type"] == "websocket.disconnect":
+                break
+            got.append(message["text"])
+        done.set()
+
+    with serve(app) as server:
+        with connect(ws_url(server)) as ws:
+            for i in range(300):
+                ws.send(str(i))
+                if i % 10 == 0:
+                    time.sleep(0.001)
+        assert done.wait(5)
+    assert got == [str(i) for i in range(300)]
 
 
 # -- closing ---------------------------------------------------------------------------------
