@@ -61,8 +61,6 @@ _PONG = Opcode.PONG
 _CLOSE = Opcode.CLOSE
 _WS_OPEN = State.OPEN
 
-_CONNECT: Message = {"type": "websocket.connect"}
-
 # websockets' own server defaults: a 4 KiB window each way keeps memory per connection small.
 _DEFLATE = (
     ServerPerMessageDeflateFactory(
@@ -139,7 +137,7 @@ class WebSocketProtocol(asyncio.Protocol):
         self.scope = http_scope  # replaced by the websocket scope once the handshake is valid
         self.task: asyncio.Task[None] | None = None
         self._phase = CONNECTING
-        self._queue: deque[Message] = deque((_CONNECT,))
+        self._queue: deque[Message] = deque(({"type": "websocket.connect"},))
         self._max_queue = config.ws_max_queue
         self._low_water = config.ws_max_queue // 2
         self._waiter: asyncio.Future[Message] | None = None
@@ -167,7 +165,11 @@ class WebSocketProtocol(asyncio.Protocol):
         if trailing:
             self._early.append(trailing)
             self._pause_reading(_PAUSED_EARLY)
-        response, headers = self._handshake_response()
+        try:
+            response, headers = self._handshake_response()
+        except Exception as exc:  # a request websockets cannot even represent: refuse it
+            error_logger.debug("Invalid WebSocket handshake: %r", exc)
+            response, headers = self._rejection(400, "Invalid WebSocket handshake.\n"), Headers()
         if response.status_code != 101:
             # A malformed handshake is answered at once; the app never sees it.
             self._reject(response)
