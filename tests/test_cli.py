@@ -82,13 +82,17 @@ def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
 
 def test_serves_and_shuts_down_gracefully_on_sigterm(tmp_path):
     marker = tmp_path / "shutdown"
+    arrived = tmp_path / "arrived"
     server = Process(
         "lifespan_apps:slow",
         "--app-dir",
         str(APPS),
         "--port",
         "0",
-        env={"ASERVE_TEST_SHUTDOWN_MARKER": str(marker)},
+        env={
+            "ASERVE_TEST_SHUTDOWN_MARKER": str(marker),
+            "ASERVE_TEST_REQUEST_MARKER": str(arrived),
+        },
     )
     try:
         port = server.wait_for_port()
@@ -99,7 +103,10 @@ def test_serves_and_shuts_down_gracefully_on_sigterm(tmp_path):
 
         client = threading.Thread(target=in_flight)
         client.start()
-        time.sleep(0.3)  # the request is now in the app's sleep
+        deadline = time.monotonic() + 10
+        while not arrived.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert arrived.exists(), "the request never reached the app"
         code = server.stop(signal.SIGTERM)
         client.join(10)
     finally:

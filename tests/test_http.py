@@ -510,16 +510,18 @@ def test_send_waits_while_client_does_not_read():
 
 def test_limit_concurrency_answers_503():
     release = threading.Event()
+    arrived = threading.Event()
 
     async def app(scope, receive, send):
         if scope["path"] == "/slow":
+            arrived.set()
             await asyncio.get_running_loop().run_in_executor(None, release.wait, 5)
         await hello(scope, receive, send)
 
     with serve(app, limit_concurrency=1) as server:
         slow = server.connect()
         slow.sendall(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
-        time.sleep(0.2)
+        assert arrived.wait(5)
         response = httpx.get(server.url + "/")
         release.set()
         assert read_response(slow).endswith(b"Hello, world!")

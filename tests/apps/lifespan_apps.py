@@ -29,6 +29,10 @@ async def slow(scope, receive, send):
     """Takes a second to answer, to show in-flight requests finish on shutdown."""
     if scope["type"] == "lifespan":
         return await _lifespan(receive, send)
+    marker = os.environ.get("ASERVE_TEST_REQUEST_MARKER")
+    if marker:
+        with open(marker, "w") as file:
+            file.write("request arrived")
     await asyncio.sleep(1.0)
     await send({"type": "http.response.start", "status": 200, "headers": []})
     await send({"type": "http.response.body", "body": b"finished"})
