@@ -74,14 +74,18 @@ def test_lifespan_on_requires_support():
         pass
 
 
-async def test_embedded_server_in_running_loop():
-    events: list[str] = []
-    config = aserve.Config(app=make_app(events), port=0, lifespan="on")
-    server = aserve.Server(config)
+async def start_embedded(app, **options) -> tuple[aserve.Server, asyncio.Task, int]:
+    """`Server.serve()` as a task of the running loop; returns once it listens."""
+    server = aserve.Server(aserve.Config(app=app, port=0, **options))
     task = asyncio.create_task(server.serve())
     while not server.started:
         await asyncio.sleep(0.01)
-    port = server.sockets[0].getsockname()[1]
+    return server, task, server.sockets[0].getsockname()[1]
+
+
+async def test_embedded_server_in_running_loop():
+    events: list[str] = []
+    server, task, port = await start_embedded(make_app(events), lifespan="on")
     async with httpx.AsyncClient() as client:
         response = await client.get(f"http://127.0.0.1:{port}/")
     assert response.text == "ok"
@@ -97,13 +101,7 @@ async def test_graceful_shutdown_is_bounded():
         started.set()
         await asyncio.sleep(3600)
 
-    server = aserve.Server(
-        aserve.Config(app=stuck, port=0, lifespan="off", timeout_graceful_shutdown=0.3)
-    )
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        await asyncio.sleep(0.01)
-    port = server.sockets[0].getsockname()[1]
+    server, task, port = await start_embedded(stuck, lifespan="off", timeout_graceful_shutdown=0.3)
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
     await started.wait()
@@ -117,11 +115,7 @@ async def test_graceful_shutdown_is_bounded():
 
 
 async def test_idle_keep_alive_connections_closed_on_shutdown():
-    server = aserve.Server(aserve.Config(app=no_lifespan, port=0, lifespan="off"))
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        await asyncio.sleep(0.01)
-    port = server.sockets[0].getsockname()[1]
+    server, task, port = await start_embedded(no_lifespan, lifespan="off")
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
     await reader.readuntil(b"ok")

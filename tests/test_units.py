@@ -210,3 +210,22 @@ def test_log_config_file_and_level(tmp_path):
     logging.getLogger("aserve.error").setLevel(logging.NOTSET)
     logging.getLogger("aserve.access").setLevel(logging.NOTSET)
     logging.getLogger("aserve").setLevel(logging.NOTSET)
+
+
+async def test_write_flow_waits_only_while_paused():
+    import asyncio
+
+    from aserve.flow_control import WriteFlow
+
+    loop = asyncio.get_running_loop()
+    done = loop.create_future()
+    done.set_result(None)
+    flow = WriteFlow(loop, done)
+    assert flow.drained() is done  # not paused: nothing to wait for
+    flow.pause()
+    waiter = flow.drained()
+    assert not waiter.done()
+    assert flow.drained() is waiter  # every sender waits on the same future
+    flow.resume()
+    assert waiter.done()
+    assert flow.drained() is done

@@ -70,7 +70,6 @@ class Config:
     headers: list[tuple[str, str]] = field(default_factory=list)
     server_header: bool = True
     date_header: bool = True
-    h11_max_incomplete_event_size: int | None = None  # accepted for uvicorn compatibility
 
     def __post_init__(self) -> None:
         if self.env_file is not None:

@@ -21,6 +21,7 @@ from urllib.parse import unquote
 import httptools
 
 from aserve.asgi import ASGI_VERSION, HTTP_SPEC_VERSION, ClientDisconnected, start_app
+from aserve.flow_control import WriteFlow
 from aserve.logging import error_logger
 from aserve.protocols.headers import (
     STATUS_LINES,
@@ -89,7 +90,6 @@ class RequestCycle:
         "start_time",
         "started",
         "status",
-        "task",
         "waiter",
     )
 
@@ -115,7 +115,6 @@ class RequestCycle:
         self.status = 0
         self.bytes_sent = 0
         self.start_time = 0.0
-        self.task: asyncio.Task[None] | None = None
         self._block: HeaderBlock | None = None
         self._line = b""
 
@@ -139,7 +138,7 @@ class RequestCycle:
             if not self.disconnected:
                 error_logger.error("ASGI callable returned without starting a response.")
                 self._respond_500()
-        elif not self.complete:
+        else:
             error_logger.error("ASGI callable returned without completing the response.")
             self.conn.abort()
 
@@ -212,8 +211,8 @@ class RequestCycle:
                 f"unexpected ASGI message {kind!r} after the response was complete"
             )
         conn = self.conn
-        if conn.write_paused:
-            return conn.drained()
+        if conn.flow.paused:
+            return conn.flow.drained()
         return conn.state.done
 
     # -- writing the response --------------------------------------------------------------
@@ -345,7 +344,6 @@ class HttpProtocol(asyncio.Protocol):
         "_batch",
         "_batch_size",
         "_closed",
-        "_drain_waiter",
         "_expect_100",
         "_forwarded",
         "_headers",
@@ -363,13 +361,13 @@ class HttpProtocol(asyncio.Protocol):
         "_websocket_trailing",
         "client",
         "dispatching",
+        "flow",
         "loop",
         "parser",
         "scheme",
         "server",
         "state",
         "transport",
-        "write_paused",
     )
 
     def __init__(self, state: ServerState) -> None:
@@ -396,8 +394,7 @@ class HttpProtocol(asyncio.Protocol):
         self._pending_error: bytes | None = None
         self._proxy: TrustedProxies | None = None
         self._paused = 0
-        self.write_paused = False
-        self._drain_waiter: asyncio.Future[None] | None = None
+        self.flow = WriteFlow(self.loop, state.done)
         self._closed = False
         self._idle_since = 0.0
         self._timer: asyncio.TimerHandle | None = None
@@ -445,9 +442,7 @@ class HttpProtocol(asyncio.Protocol):
             if cycle is not None:
                 cycle.lose_connection()
         self._queue.clear()
-        waiter = self._drain_waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)  # the sender wakes and finds the cycle disconnected
+        self.flow.resume()  # a waiting sender wakes and finds its cycle disconnected
 
     def data_received(self, data: bytes) -> None:
         if self._upgrade is not None:
@@ -464,15 +459,10 @@ class HttpProtocol(asyncio.Protocol):
         return None  # close our side too; an in-flight response's cycle sees the disconnect
 
     def pause_writing(self) -> None:
-        self.write_paused = True
+        self.flow.pause()
 
     def resume_writing(self) -> None:
-        self.write_paused = False
-        waiter = self._drain_waiter
-        if waiter is not None:
-            self._drain_waiter = None
-            if not waiter.done():
-                waiter.set_result(None)
+        self.flow.resume()
 
     # -- httptools callbacks ---------------------------------------------------------------
 
@@ -587,7 +577,6 @@ class HttpProtocol(asyncio.Protocol):
                 if task.done():
                     cycle.app_finished(task)
                 else:
-                    cycle.task = task
                     tasks.add(task)
                     task.add_done_callback(cycle.app_finished)
                 if cycle.started and not cycle.head_written and not cycle.disconnected:
@@ -639,14 +628,6 @@ class HttpProtocol(asyncio.Protocol):
             self._paused &= ~reason
             if not self._paused and not self._closed:
                 self.transport.resume_reading()
-
-    def drained(self) -> asyncio.Future[None]:
-        """An awaitable that resolves once the transport accepts more data."""
-        if not self.write_paused or self._closed:
-            return self.state.done
-        if self._drain_waiter is None:
-            self._drain_waiter = self.loop.create_future()
-        return self._drain_waiter
 
     def write(self, data: bytes) -> None:
         """Write now, or batch while an eager app start is running (`dispatching`).

@@ -35,6 +35,7 @@ from websockets.protocol import State
 from websockets.server import ServerProtocol
 
 from aserve.asgi import ASGI_VERSION, WEBSOCKET_SPEC_VERSION, ClientDisconnected, start_task
+from aserve.flow_control import WriteFlow
 from aserve.logging import error_logger, escape, escape_bytes
 from aserve.protocols.headers import encode_headers, status_line
 
@@ -95,7 +96,6 @@ class WebSocketProtocol(asyncio.Protocol):
         "_denial",
         "_denial_body",
         "_disconnect",
-        "_drain_waiter",
         "_early",
         "_fragments",
         "_low_water",
@@ -109,7 +109,7 @@ class WebSocketProtocol(asyncio.Protocol):
         "_response",
         "_timer",
         "_waiter",
-        "_write_paused",
+        "flow",
         "loop",
         "protocol",
         "scope",
@@ -149,8 +149,7 @@ class WebSocketProtocol(asyncio.Protocol):
         self._fragments: list[Any] | None = None
         self._decoder: codecs.IncrementalDecoder | None = None
         self._paused = 0
-        self._write_paused = False
-        self._drain_waiter: asyncio.Future[None] | None = None
+        self.flow = WriteFlow(self.loop, state.done)
         self._timer: asyncio.TimerHandle | None = None
         self._ping_interval = config.ws_ping_interval
         self._ping_timeout = config.ws_ping_timeout
@@ -332,7 +331,7 @@ class WebSocketProtocol(asyncio.Protocol):
                         raise RuntimeError("'websocket.send' needs 'text' or 'bytes'")
                     protocol.send_binary(data)
                 self._write(protocol.data_to_send())
-                if not self._write_paused:
+                if not self.flow.paused:
                     return self.state.done
             elif kind == "websocket.close":
                 self._close(message.get("code") or 1000, message.get("reason") or "")
@@ -486,22 +485,13 @@ class WebSocketProtocol(asyncio.Protocol):
         self._cancel_timer()
         self._early = []
         self._set_disconnect(1006)
-        waiter = self._drain_waiter
-        if waiter is not None:
-            self._drain_waiter = None
-            if not waiter.done():
-                waiter.set_result(None)  # the sender wakes and its next send raises
+        self.flow.resume()  # a waiting sender wakes and its next send raises
 
     def pause_writing(self) -> None:
-        self._write_paused = True
+        self.flow.pause()
 
     def resume_writing(self) -> None:
-        self._write_paused = False
-        waiter = self._drain_waiter
-        if waiter is not None:
-            self._drain_waiter = None
-            if not waiter.done():
-                waiter.set_result(None)
+        self.flow.resume()
 
     # -- incoming messages -----------------------------------------------------------------
 
@@ -671,11 +661,9 @@ class WebSocketProtocol(asyncio.Protocol):
 
     def _drained(self) -> asyncio.Future[None]:
         """An awaitable that resolves once the transport accepts more data."""
-        if not self._write_paused or self._phase is CLOSED:
+        if self._phase is CLOSED:
             return self.state.done
-        if self._drain_waiter is None:
-            self._drain_waiter = self.loop.create_future()
-        return self._drain_waiter
+        return self.flow.drained()
 
     # -- access log ------------------------------------------------------------------------
 
