@@ -123,3 +123,13 @@ async def test_idle_keep_alive_connections_closed_on_shutdown():
     await asyncio.wait_for(task, 5)
     assert await asyncio.wait_for(reader.read(), 2) == b""
     writer.close()
+
+
+def test_startup_failure_releases_the_socket(tmp_path):
+    path = tmp_path / "app.sock"
+    with (
+        pytest.raises(LifespanFailure),
+        serve(make_app([], fail_startup="no database"), lifespan="on", uds=str(path)),
+    ):
+        pass
+    assert not path.exists()  # the unix socket file is not left behind

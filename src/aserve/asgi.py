@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import sys
+import types
 from collections.abc import Awaitable, Callable, Coroutine, MutableMapping
 from typing import Any
 
@@ -58,7 +59,7 @@ def start_app(
         call = app(scope, receive, send)
     except BaseException as exc:  # raised before returning an awaitable (not `async def`)
         call = _raise(exc)
-    if type(call) is not _COROUTINE:
+    if type(call) is not types.CoroutineType:
         call = _await(call)
     return start_task(loop, call, context)
 
@@ -69,15 +70,6 @@ async def _await(awaitable: Awaitable[None]) -> None:
 
 async def _raise(exc: BaseException) -> None:
     raise exc
-
-
-async def _probe() -> None:
-    pass
-
-
-_probe_coroutine = _probe()
-_COROUTINE = type(_probe_coroutine)
-_probe_coroutine.close()
 
 
 def start_task(

@@ -61,17 +61,25 @@ class Server:
         loop = asyncio.get_running_loop()
         error_logger.info("Started server process [%d]", os.getpid())
         base_context = contextvars.copy_context()
+        owned = sockets is None
         if sockets is None:
             sockets = [bind_socket(config)]  # fail fast, before the app starts up
-        app = load_app(config)
-        lifespan_state: dict[str, Any] = {}
-        self._lifespan = Lifespan(app, config.lifespan, lifespan_state)
-        if config.lifespan != "off":
-            error_logger.info("Waiting for application startup.")
         try:
+            app = load_app(config)
+            lifespan_state: dict[str, Any] = {}
+            self._lifespan = Lifespan(app, config.lifespan, lifespan_state)
+            if config.lifespan != "off":
+                error_logger.info("Waiting for application startup.")
             await self._lifespan.startup(base_context.copy())
-        except LifespanFailure as exc:
-            error_logger.error("Application startup failed: %s", exc)
+        except BaseException as exc:
+            if isinstance(exc, LifespanFailure):
+                error_logger.error("Application startup failed: %s", exc)
+            if owned:  # we bound it: do not leak the socket (or a unix socket file)
+                for sock in sockets:
+                    sock.close()
+                if config.uds is not None:
+                    with contextlib.suppress(OSError):
+                        os.unlink(config.uds)
             raise
         if config.lifespan != "off" and not self._lifespan.unsupported:
             error_logger.info("Application startup complete.")
