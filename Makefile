@@ -15,7 +15,8 @@ $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 
-$(VENV)/.installed: $(VENV)/bin/python pyproject.toml
+# Also rebuilt when the compiled module changes: an editable install keeps its compiled copy.
+$(VENV)/.installed: $(VENV)/bin/python pyproject.toml setup.py src/aserve/protocols/http.py
 	$(PIP) install -q -e .
 	@touch $@
 
@@ -33,10 +34,14 @@ demo: $(VENV)/.installed
 	$(VENV)/bin/aserve demo:app --app-dir examples --host 127.0.0.1 --port 8000
 
 lint: $(VENV)/.installed-dev
-	$(VENV)/bin/ruff check src tests benchmarks examples
+	$(VENV)/bin/ruff check setup.py src tests benchmarks examples
 
+# The suite runs on the hot path as installed, then, if that is compiled, on its Python source.
 test: lint
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+	@if $(VENV)/bin/python -c 'import sys, aserve.protocols.http as h; sys.exit(not h.COMPILED)'; \
+	then echo "== again on the pure-Python hot path (ASERVE_NO_EXTENSIONS=1) =="; \
+	ASERVE_NO_EXTENSIONS=1 $(VENV)/bin/python -m pytest $(PYTEST_ARGS); fi
 
 bench: $(VENV)/.installed-bench
 	$(VENV)/bin/python benchmarks/run.py $(BENCH_ARGS)
@@ -46,3 +51,4 @@ autobahn: $(VENV)/.installed-dev
 
 clean:
 	rm -rf $(VENV) .venv311 build src/*.egg-info .pytest_cache .ruff_cache
+	find src -name '*.so' -delete

@@ -10,7 +10,8 @@ import subprocess
 import sys
 
 PACKAGES = ("aserve", "uvicorn", "granian", "httptools", "uvloop", "websockets", "fastapi")
-COLORS = {"aserve": "#d62728", "uvicorn": "#1f77b4", "granian": "#2ca02c"}
+COLORS = {"aserve": "#d62728", "aserve-py": "#ff9896", "uvicorn": "#1f77b4", "granian": "#2ca02c"}
+SHORT_NAMES = {"uvicorn": "uvi", "granian": "gra", "aserve-py": "py"}
 
 
 def _median(values):
@@ -58,7 +59,7 @@ def _cell(stats, digits):
 def format_tables(summary, workloads, servers):
     others = [s for s in servers if s != "aserve"] if "aserve" in servers else []
     header = f"{'workload':<14}{'unit':<10}" + "".join(f"{s:>13}" for s in servers)
-    header += "".join(f"{'aserve/' + s[:3]:>12}" for s in others)
+    header += "".join(f"{'aserve/' + SHORT_NAMES.get(s, s):>12}" for s in others)
     lines = [header, "-" * len(header)]
     for w in workloads:
         row = summary[w.name]
@@ -109,8 +110,16 @@ def _wrk_version():
     return (done.stdout or done.stderr).splitlines()[0] if (done.stdout or done.stderr) else None
 
 
+def _aserve_hot_path():
+    """Whether `aserve` ran its compiled hot path (the servers run with this interpreter)."""
+    from aserve.protocols import http
+
+    return "compiled (mypyc)" if http.COMPILED else "Python source"
+
+
 def metadata(config):
     return {
+        "aserve_hot_path": _aserve_hot_path(),
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "python": {"version": sys.version, "implementation": platform.python_implementation(),
                    "executable": sys.executable},

@@ -23,6 +23,7 @@ from benchmarks import deps, report
 from benchmarks.idle import idle_memory, raise_nofile_limit
 from benchmarks.servers import (
     HOST,
+    OPTIONAL_SERVERS,
     REPO_ROOT,
     SERVERS,
     ServerError,
@@ -58,7 +59,8 @@ def parse_args(argv=None):
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: 1 round, 2 s per workload, 1000 idle connections")
     parser.add_argument("--servers", default=",".join(SERVERS),
-                        help="comma-separated subset of " + ",".join(SERVERS))
+                        help="comma-separated, from " + ",".join(SERVERS + OPTIONAL_SERVERS)
+                        + " (aserve-py: aserve's hot path as Python source)")
     parser.add_argument("--workloads", default="",
                         help="comma-separated subset of workload names (default: all)")
     parser.add_argument("--start-timeout", type=float, default=10.0)
@@ -251,7 +253,7 @@ def write_results(args, servers, workloads, runs, elapsed):
 
 def main(argv=None):
     args = parse_args(argv)
-    servers = select(args.servers, SERVERS, "server")
+    servers = select(args.servers, SERVERS + OPTIONAL_SERVERS, "server")
     workloads = selected_workloads(args)
     deps.ensure_wrk()
     deps.ensure_python_packages()

@@ -15,6 +15,9 @@ from pathlib import Path
 HOST = "127.0.0.1"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SERVERS = ("aserve", "uvicorn", "granian")
+# Not run by default: aserve on the Python source of its hot path, to measure what compiling
+# it (setup.py) buys in the same run.
+OPTIONAL_SERVERS = ("aserve-py",)
 KEEP_ALIVE_SECONDS = "120"  # memory test: idle connections must survive the measurement
 
 
@@ -40,7 +43,7 @@ def server_command(name, app, port, *, websocket=False, idle_connections=0):
     """
     python = sys.executable
     common = ["--host", HOST, "--port", str(port)]
-    if name == "aserve":
+    if name in ("aserve", "aserve-py"):
         cmd = [python, "-m", "aserve", app, *common, "--no-access-log", "--log-level", "warning"]
         if websocket:
             cmd += ["--ws", "websockets"]
@@ -54,7 +57,7 @@ def server_command(name, app, port, *, websocket=False, idle_connections=0):
                "--loop", "uvloop", "--no-access-log", "--log-level", "warning", app]
     else:
         raise ValueError(f"unknown server {name!r}")
-    if idle_connections and name in ("aserve", "uvicorn"):
+    if idle_connections and name in ("aserve", "aserve-py", "uvicorn"):
         cmd += ["--timeout-keep-alive", KEEP_ALIVE_SECONDS]
     if idle_connections and name == "granian":
         cmd[-1:-1] = ["--backpressure", str(idle_connections + 1024)]
@@ -67,9 +70,13 @@ def free_port():
         return sock.getsockname()[1]
 
 
-def _server_env():
+def _server_env(name):
     paths = [str(REPO_ROOT), str(REPO_ROOT / "src"), os.environ.get("PYTHONPATH", "")]
-    return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p)}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p)}
+    env.pop("ASERVE_NO_EXTENSIONS", None)
+    if name == "aserve-py":
+        env["ASERVE_NO_EXTENSIONS"] = "1"
+    return env
 
 
 def start_server(name, app, *, core=0, websocket=False, idle_connections=0, timeout=10.0):
@@ -80,7 +87,7 @@ def start_server(name, app, *, core=0, websocket=False, idle_connections=0, time
     cmd = ["taskset", "-c", str(core), *command]
     fd, log_name = tempfile.mkstemp(prefix=f"bench-{name}-", suffix=".log")
     with os.fdopen(fd, "wb") as log:
-        process = subprocess.Popen(cmd, cwd=REPO_ROOT, env=_server_env(),
+        process = subprocess.Popen(cmd, cwd=REPO_ROOT, env=_server_env(name),
                                    stdin=subprocess.DEVNULL, stdout=log,
                                    stderr=subprocess.STDOUT, start_new_session=True)
     server = RunningServer(name, app, port, process, Path(log_name))

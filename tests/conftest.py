@@ -17,6 +17,12 @@ from aserve.config import Config
 from aserve.server import Server, run
 
 
+def pytest_report_header() -> str:
+    from aserve.protocols import http
+
+    return f"aserve hot path: {'compiled (mypyc)' if http.COMPILED else 'Python source'}"
+
+
 class LiveServer:
     def __init__(self, server: Server, thread: threading.Thread) -> None:
         self.server = server

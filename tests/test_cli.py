@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from aserve.cli import cli
+from aserve.protocols import http
 
 APPS = Path(__file__).parent / "apps"
 DOCS = Path(__file__).parent.parent / "docs"
@@ -203,6 +204,7 @@ def test_version():
     result = run_cli("--version")
     assert result.returncode == 0
     assert result.stdout.startswith("aserve 0.1.0")
+    assert ("compiled hot path" if http.COMPILED else "pure-Python hot path") in result.stdout
 
 
 def test_cli_reference_matches_help():

@@ -16,7 +16,11 @@ EXIT_STARTUP_FAILURE = 3
 
 def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
     if value and not ctx.resilient_parsing:
-        click.echo(f"aserve {__version__} ({sys.implementation.name} {sys.version.split()[0]})")
+        from aserve.protocols import http
+
+        build = "compiled hot path" if http.COMPILED else "pure-Python hot path"
+        python = f"{sys.implementation.name} {sys.version.split()[0]}"
+        click.echo(f"aserve {__version__} ({python}, {build})")
         ctx.exit()
 
 

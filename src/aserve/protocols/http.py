@@ -23,6 +23,7 @@ import httptools
 from aserve.asgi import ASGI_VERSION, HTTP_SPEC_VERSION, ClientDisconnected, start_app
 from aserve.flow_control import WriteFlow
 from aserve.logging import error_logger
+from aserve.protocols.body import receive_body
 from aserve.protocols.headers import (
     STATUS_LINES,
     HeaderBlock,
@@ -33,8 +34,13 @@ from aserve.protocols.headers import (
 from aserve.proxy import TrustedProxies, apply_forwarded_headers
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable
+
     from aserve.asgi import ASGIApp, Message
     from aserve.state import ServerState
+
+# True when this module runs compiled by mypyc (setup.py), False when it runs as Python source.
+COMPILED = not __file__.endswith(".py")
 
 # Unread request body kept per request before we stop reading from the socket.
 BODY_HIGH_WATER = 64 * 1024
@@ -56,10 +62,6 @@ _KEEP_ALIVE = b"connection: keep-alive\r\n"
 _LAST_CHUNK = b"0\r\n\r\n"
 
 _ERROR_HEADERS = [(b"content-type", b"text/plain; charset=utf-8")]
-
-
-def _disconnect() -> Message:
-    return {"type": "http.disconnect"}
 
 
 class RequestCycle:
@@ -162,23 +164,16 @@ class RequestCycle:
 
     # -- the app's side --------------------------------------------------------------------
 
-    async def receive(self) -> Message:
-        while True:
-            if self.disconnected or self.complete:
-                return _disconnect()
-            if self.chunks or (self.body_done and not self.delivered):
-                return self._take_body()
-            if self.expect_100:
-                self.expect_100 = False
-                self.conn.write(_CONTINUE)
-            # Nothing to hand out: wait for body, the end of the response, or a disconnect.
-            self.waiter = self.conn.loop.create_future()
-            try:
-                await self.waiter
-            finally:
-                self.waiter = None
+    def receive(self) -> Awaitable[Message]:
+        return receive_body(self)
 
-    def _take_body(self) -> Message:
+    def ask_for_body(self) -> None:
+        """The app waits for a body it was promised on `Expect: 100-continue`: ask for it."""
+        if self.expect_100:
+            self.expect_100 = False
+            self.conn.write(_CONTINUE)
+
+    def take_body(self) -> Message:
         chunks = self.chunks
         if not chunks:
             body = b""
@@ -217,7 +212,7 @@ class RequestCycle:
 
     # -- writing the response --------------------------------------------------------------
 
-    def _start(self, status: int, headers: Any) -> None:
+    def _start(self, status: Any, headers: Any) -> None:
         line = STATUS_LINES.get(status) or status_line(status)
         self._block = encode_headers(headers)
         self.status = status
@@ -236,7 +231,7 @@ class RequestCycle:
         if self.started and not self.head_written and not self.disconnected:
             self.conn.write(self._head(b"", True))
 
-    def _head(self, body: bytes, more_body: bool) -> bytes:
+    def _head(self, body: bytes, more_body: object) -> bytes:
         """Status line and headers, with framing decided from the first body message."""
         block = self._block
         assert block is not None
@@ -272,7 +267,7 @@ class RequestCycle:
             connection = b""
         return b"".join((self._line, block.data, defaults, framing, connection, b"\r\n"))
 
-    def _body(self, body: bytes, more_body: bool) -> None:
+    def _body(self, body: Any, more_body: object) -> None:
         if type(body) is not bytes:
             if not isinstance(body, bytes | bytearray | memoryview):
                 raise InvalidResponse(f"response body must be bytes, got {type(body).__name__}")
@@ -730,6 +725,7 @@ class HttpProtocol(asyncio.Protocol):
         from aserve.protocols.websocket import WebSocketProtocol
 
         scope = self._websocket_scope
+        assert scope is not None
         trailing = self._websocket_trailing or b""
         self._websocket_scope = self._websocket_trailing = None
         self.state.connections.discard(self)

@@ -1,0 +1,32 @@
+"""The app's `receive` for an HTTP request: the request body, as the connection reads it.
+
+This is the one part of the request cycle that suspends, and it is kept out of the compiled
+module (`http`, see setup.py) on purpose: a mypyc coroutine that is cancelled while suspended
+passes the cancellation on with the deprecated three-argument `throw()`, which warns, and under
+`-W error` would turn the app's CancelledError into a DeprecationWarning. A plain coroutine
+passes it on as asyncio does.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from aserve.asgi import Message
+    from aserve.protocols.http import RequestCycle
+
+
+async def receive_body(cycle: RequestCycle) -> Message:
+    """The next `http.request` message, or `http.disconnect` once there is nothing more."""
+    while True:
+        if cycle.disconnected or cycle.complete:
+            return {"type": "http.disconnect"}
+        if cycle.chunks or (cycle.body_done and not cycle.delivered):
+            return cycle.take_body()
+        cycle.ask_for_body()
+        # Nothing to hand out: wait for body, the end of the response, or a disconnect.
+        waiter = cycle.waiter = cycle.conn.loop.create_future()
+        try:
+            await waiter
+        finally:
+            cycle.waiter = None
