@@ -161,29 +161,53 @@ def warm_up(group, server, seconds):
             measure_http(first, server.port, seconds)
 
 
-def run_group(name, group, args, round_number):
-    """Start `name` once for `group`, measure each workload, stop it; return run records."""
-    base = {"round": round_number, "server": name}
+def start_group(names, group, args, round_number):
+    """Start every server for `group` (all pinned to the server core; idle ones cost nothing).
+
+    Returns ({name: server}, failure records for the servers that did not start).
+    """
+    started, failed = {}, []
+    idle = group[0].connections if group[0].kind == "memory" else 0
+    for name in names:
+        try:
+            started[name] = start_server(name, group[0].app, core=SERVER_CORE,
+                                         timeout=args.start_timeout,
+                                         websocket=group[0].kind == "ws", idle_connections=idle)
+        except ServerError as exc:
+            failed += [{"round": round_number, "server": name, "workload": w.name, "ok": False,
+                        "start_failed": True, "error": f"server start failed: {exc}"}
+                       for w in group]
+    return started, failed
+
+
+def run_group(names, group, args, round_number):
+    """Measure every server on each workload of `group` back to back; return run records.
+
+    The servers being compared run one right after the other on the same workload (seconds
+    apart, not minutes), and the order rotates with the round: on a machine whose speed
+    drifts, that keeps the drift out of the ratios better than a server-by-server sweep.
+    """
+    servers, records = start_group(names, group, args, round_number)
     try:
-        idle = group[0].connections if group[0].kind == "memory" else 0
-        server = start_server(name, group[0].app, core=SERVER_CORE, timeout=args.start_timeout,
-                              websocket=group[0].kind == "ws", idle_connections=idle)
-    except ServerError as exc:
-        return [{**base, "workload": w.name, "ok": False, "start_failed": True,
-                 "error": f"server start failed: {exc}"} for w in group]
-    records = []
-    try:
-        warm_up(group, server, args.warmup)
+        shift = (round_number - 1) % max(len(servers), 1)
+        order = list(servers)[shift:] + list(servers)[:shift]
+        for name in order:
+            warm_up(group, servers[name], args.warmup)
         for workload in group:
-            record = {**base, "workload": workload.name, "loadavg_1m": os.getloadavg()[0]}
-            try:
-                record.update(measure(workload, server, args.duration, args.warmup), ok=True)
-            except MEASURE_ERRORS as exc:
-                record.update(ok=False, error=f"{exc}{log_tail(server.log_path, 6)}")
-            print_progress(record, workload)
-            records.append(record)
+            for name in order:
+                server = servers[name]
+                record = {"round": round_number, "server": name, "workload": workload.name,
+                          "loadavg_1m": os.getloadavg()[0]}
+                try:
+                    record.update(measure(workload, server, args.duration, args.warmup),
+                                  ok=True)
+                except MEASURE_ERRORS as exc:
+                    record.update(ok=False, error=f"{exc}{log_tail(server.log_path, 6)}")
+                print_progress(record, workload)
+                records.append(record)
     finally:
-        stop_server(server)
+        for server in servers.values():
+            stop_server(server)
     return records
 
 
@@ -208,21 +232,20 @@ def warn_if_busy(threshold=1.0):
 
 
 def run_rounds(args, servers, workloads):
-    """Interleave: every round runs every server through every workload group."""
+    """Interleave: every round runs every workload group on every server (see run_group)."""
     runs, broken = [], set()
     groups = group_by_start(workloads)
     for round_number in range(1, args.rounds + 1):
         print(f"round {round_number}/{args.rounds}", flush=True)
-        for name in servers:
-            for group in groups:
-                if (name, group[0].start_key) in broken:
-                    continue
-                records = run_group(name, group, args, round_number)
-                if any(r.get("start_failed") for r in records):
-                    broken.add((name, group[0].start_key))
-                    print(f"  [round {round_number}] {name:<8} {records[0]['error']}",
+        for group in groups:
+            names = [n for n in servers if (n, group[0].start_key) not in broken]
+            records = run_group(names, group, args, round_number)
+            for record in records:
+                if record.get("start_failed") and record["workload"] == group[0].name:
+                    broken.add((record["server"], group[0].start_key))
+                    print(f"  [round {round_number}] {record['server']:<8} {record['error']}",
                           flush=True)
-                runs += records
+            runs += records
     return runs
 
 

@@ -81,6 +81,48 @@ def test_scope_is_complete_and_exact():
     assert scope["state"] == {}
 
 
+@pytest.mark.parametrize(
+    ("target", "path", "query"),
+    [
+        (b"/a/b?x=1#frag", "/a/b", b"x=1"),
+        (b"/a#?not-a-query", "/a", b""),
+        (b"http://example.com/abs?q=2", "/abs", b"q=2"),
+        (b"http://example.com", "/", b""),
+    ],
+)
+def test_request_target_forms(target, path, query):
+    """Origin form with and without a fragment, and absolute form (RFC 9112, 3.2)."""
+    seen = []
+
+    async def app(scope, receive, send):
+        seen.append((scope["path"], scope["query_string"]))
+        await hello(scope, receive, send)
+
+    with serve(app) as server:
+        response = server.request(
+            b"GET %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n" % target
+        )
+    assert response.startswith(b"HTTP/1.1 200 OK"), response
+    assert seen == [(path, query)]
+
+
+def test_connect_is_answered_as_http_and_the_tunnel_is_not_parsed():
+    methods = []
+
+    async def app(scope, receive, send):
+        methods.append((scope["method"], scope["path"]))
+        await hello(scope, receive, send)
+
+    with serve(app) as server:
+        response = server.request(
+            b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n"
+            b"GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n"
+        )
+    assert response.startswith(b"HTTP/1.1 "), response
+    assert b"/smuggled" not in response
+    assert len(methods) <= 1 and all(method == "CONNECT" for method, _ in methods)
+
+
 def test_keep_alive_reuses_connection():
     with serve(hello) as server, server.connect() as sock:
         for _ in range(3):
@@ -394,6 +436,20 @@ def test_bad_requests_get_one_400_and_close(request_bytes, caplog):
     assert b"connection: close" in data
     assert b"Invalid HTTP request: " in data
     assert "Traceback" not in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "reason"),
+    [
+        (b"GET http://exa[mple HTTP/1.1\r\nHost: x\r\n\r\n", b"invalid request target"),
+        (b"GET /caf\xc3\xa9 HTTP/1.1\r\nHost: x\r\n\r\n", b"Invalid char in url path"),
+    ],
+)
+def test_bad_request_target_is_named_in_the_400(request_bytes, reason):
+    with serve(hello) as server:
+        data = server.request(request_bytes)
+    assert data.startswith(b"HTTP/1.1 400 Bad Request\r\n"), data
+    assert reason in data.split(b"\r\n\r\n", 1)[1], data
 
 
 def test_bad_request_after_good_one_in_pipeline():
