@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from aserve.state import ServerState
 
 # True when this module runs compiled by mypyc (setup.py), False when it runs as Python source.
-COMPILED = not __file__.endswith(".py")
+COMPILED = not __file__.endswith((".py", ".pyc"))
 
 # Unread request body kept per request before we stop reading from the socket.
 BODY_HIGH_WATER = 64 * 1024
