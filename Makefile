@@ -15,8 +15,10 @@ $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 
-# Also rebuilt when the compiled module changes: an editable install keeps its compiled copy.
-$(VENV)/.installed: $(VENV)/bin/python pyproject.toml setup.py src/aserve/protocols/http.py
+# Also rebuilt when a compiled module changes: an editable install keeps its compiled copies.
+HOT_PATH := $(addprefix src/aserve/,protocols/http.py protocols/headers.py state.py \
+	flow_control.py tasks.py)
+$(VENV)/.installed: $(VENV)/bin/python pyproject.toml setup.py $(HOT_PATH)
 	$(PIP) install -q -e .
 	@touch $@
 

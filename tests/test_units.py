@@ -6,10 +6,11 @@ import os
 
 import pytest
 
+from aserve.asgi import InvalidResponse
 from aserve.config import Config, ConfigError, load_env_file, parse_header_option
 from aserve.importer import AppLoadError, import_from_string, load_app
 from aserve.logging import escape
-from aserve.protocols.headers import InvalidResponse, encode_headers, status_line
+from aserve.protocols.headers import encode_headers, status_line
 from aserve.proxy import apply_forwarded_headers, parse_trusted
 
 

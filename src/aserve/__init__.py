@@ -1,7 +1,11 @@
 """aserve: an asyncio-native ASGI server."""
 
-from aserve.config import Config
-from aserve.server import Server, serve
+from aserve import _build
+
+_build.select()  # before anything imports the hot path (ASERVE_NO_EXTENSIONS)
+
+from aserve.config import Config  # noqa: E402
+from aserve.server import Server, serve  # noqa: E402
 
 __version__ = "0.1.0"
 __all__ = ["Config", "Server", "__version__", "serve"]

@@ -12,6 +12,7 @@ import email.utils
 import time
 from typing import TYPE_CHECKING, Any
 
+from aserve.asgi import http_scope_template
 from aserve.logging import AccessLog
 from aserve.proxy import TrustedProxies, parse_trusted
 
@@ -32,6 +33,7 @@ class ServerState:
         "connections",
         "default_headers",
         "done",
+        "http_scope_template",
         "lifespan_state",
         "limit_concurrency",
         "loop",
@@ -62,6 +64,7 @@ class ServerState:
         self.tasks: set[asyncio.Task[Any]] = set()
         self.shutting_down = False
         self.root_path = config.root_path
+        self.http_scope_template = http_scope_template(config.root_path)
         self.limit_concurrency = config.limit_concurrency
         self.timeout_keep_alive = config.timeout_keep_alive
         self.trusted_proxies: TrustedProxies | None = (
@@ -76,7 +79,7 @@ class ServerState:
         self.done.set_result(None)
         self._server_header = b"server: aserve\r\n" if config.server_header else b""
         self._extra_headers = b"".join(
-            f"{name}: {value}\r\n".encode("latin-1") for name, value in config.headers
+            [f"{name}: {value}\r\n".encode("latin-1") for name, value in config.headers]
         )
         self._date = b""
         self.default_headers = b""

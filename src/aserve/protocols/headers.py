@@ -4,6 +4,10 @@ Every name must be an HTTP token and no value may hold a control character (CR, 
 among them): otherwise an app that copies user input into a header would let that user inject
 headers or whole responses. Validated blocks are cached by their exact content, because most
 apps send the same few header lists over and over.
+
+What an app hands us is typed `Any`: this module may run compiled (setup.py), and compiled
+code checks annotated argument types, which would turn an app's odd value into a TypeError
+instead of the InvalidResponse that names it.
 """
 
 from __future__ import annotations
@@ -11,30 +15,29 @@ from __future__ import annotations
 import http
 import re
 from collections.abc import Iterable
+from typing import Any, Final
 
-_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
-_DIGITS = re.compile(rb"[0-9]+")
+from aserve.asgi import InvalidResponse
 
-_CACHE_LIMIT = 512
+_TOKEN: Final = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_CONTROL: Final = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+_DIGITS: Final = re.compile(rb"[0-9]+")
 
-STATUS_LINES: dict[int, bytes] = {
+_CACHE_LIMIT: Final = 512
+
+STATUS_LINES: Final[dict[int, bytes]] = {
     status.value: b"HTTP/1.1 %d %s\r\n" % (status.value, status.phrase.encode("ascii"))
     for status in http.HTTPStatus
 }
 
 
-def status_line(status: int) -> bytes:
+def status_line(status: Any) -> bytes:
     line = STATUS_LINES.get(status)
     if line is None:
         if type(status) is not int or not 100 <= status <= 999:
             raise InvalidResponse(f"invalid HTTP status {status!r}")
         line = b"HTTP/1.1 %d \r\n" % status
     return line
-
-
-class InvalidResponse(RuntimeError):
-    """The app sent something that cannot go on the wire."""
 
 
 class HeaderBlock:
@@ -58,10 +61,10 @@ class HeaderBlock:
         self.has_date = False
 
 
-_cache: dict[tuple[object, ...], HeaderBlock] = {}
+_cache: Final[dict[tuple[object, ...], HeaderBlock]] = {}
 
 
-def encode_headers(headers: Iterable[tuple[bytes, bytes]]) -> HeaderBlock:
+def encode_headers(headers: Any) -> HeaderBlock:
     try:
         key = tuple(headers)
         block = _cache.get(key)
@@ -75,7 +78,7 @@ def encode_headers(headers: Iterable[tuple[bytes, bytes]]) -> HeaderBlock:
     return block
 
 
-def _encode(headers: Iterable[tuple[bytes, bytes]]) -> HeaderBlock:
+def _encode(headers: Iterable[Any]) -> HeaderBlock:
     block = HeaderBlock()
     lines = []
     for item in headers:

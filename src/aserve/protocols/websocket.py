@@ -34,10 +34,11 @@ from websockets.http11 import Request, Response
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
-from aserve.asgi import ASGI_VERSION, WEBSOCKET_SPEC_VERSION, ClientDisconnected, start_task
+from aserve.asgi import ASGI_VERSION, WEBSOCKET_SPEC_VERSION, ClientDisconnected
 from aserve.flow_control import WriteFlow
 from aserve.logging import error_logger, escape, escape_bytes
 from aserve.protocols.headers import encode_headers, status_line
+from aserve.tasks import start_task
 
 if TYPE_CHECKING:
     from aserve.asgi import ASGIApp, Message
