@@ -20,6 +20,7 @@ from typing import Any
 from aserve.config import Config
 from aserve.importer import load_app
 from aserve.lifespan import Lifespan, LifespanFailure
+from aserve.listener import Listener
 from aserve.logging import configure_logging, error_logger
 from aserve.protocols.http import HttpProtocol
 from aserve.sockets import bind_socket
@@ -41,13 +42,13 @@ class Server:
         self.should_exit = False
         self.force_exit = False
         self.state: ServerState | None = None
-        self.servers: list[asyncio.Server] = []
+        self.servers: list[Listener] = []
         self._lifespan: Lifespan | None = None
 
     @property
     def sockets(self) -> list[socket.socket]:
         """The listening sockets (to learn the port when the config asked for port 0)."""
-        return [sock for server in self.servers for sock in server.sockets]  # type: ignore[misc]
+        return [sock for server in self.servers for sock in server.sockets]
 
     def stop(self) -> None:
         self.should_exit = True
@@ -87,10 +88,9 @@ class Server:
         self.state = state
         try:
             for sock in sockets:
-                server = await loop.create_server(
-                    lambda: HttpProtocol(state), sock=sock, backlog=config.backlog
-                )
-                self.servers.append(server)
+                listener = Listener(loop, sock, lambda: HttpProtocol(state), config.backlog)
+                self.servers.append(listener)
+                listener.start()
             self._log_started()
             self.started = True
             await self._main_loop()

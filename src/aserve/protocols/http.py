@@ -417,6 +417,8 @@ class HttpProtocol(asyncio.Protocol):
         self._timer = self.loop.call_at(
             self._idle_since + self.state.timeout_keep_alive, self._on_keep_alive_timer
         )
+        if self.state.shutting_down:
+            self.shutdown()  # accepted just before the listener closed
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True

@@ -1,0 +1,118 @@
+"""Accepting connections: every pending one each time the listening socket is readable.
+
+Why not `loop.create_server`: uvloop inherits libuv's policy (since libuv 1.45) of one
+`accept()` per event-loop iteration. Under load an iteration is long, because it serves every
+busy connection, so a burst of new connections waits one iteration each: with 64 connections
+opened at once against a FastAPI app, the last was accepted 740 ms after the first, and that
+wait was the whole p99 tail of the benchmark (docs/performance.md). asyncio's own loop
+accepts up to 100 at a time. A `Listener` accepts up to `ACCEPT_BATCH` connections per
+wake-up on either loop, and hands each to the loop with `connect_accepted_socket` (which also
+takes the `ssl` context TLS will need).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import errno
+import socket
+from collections.abc import Callable
+from typing import Any
+
+from aserve.logging import error_logger
+from aserve.tasks import start_task
+
+# Connections accepted per wake-up at most, so a flood cannot starve the connections we have.
+ACCEPT_BATCH = 128
+# After running out of file descriptors (or memory), wait this long before accepting again:
+# the socket stays readable, and retrying at once would spin.
+ACCEPT_RETRY_DELAY = 0.5
+
+_OUT_OF_RESOURCES = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+
+
+class Listener:
+    """One listening socket of a server (`sockets` and `close()` as on asyncio's Server)."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        sock: socket.socket,
+        protocol_factory: Callable[[], asyncio.Protocol],
+        backlog: int,
+    ) -> None:
+        self.sockets = [sock]
+        self._loop = loop
+        self._sock = sock
+        self._factory = protocol_factory
+        self._backlog = backlog
+        self._context = contextvars.copy_context()
+        self._pending: set[asyncio.Task[Any]] = set()  # connections being handed to the loop
+        self._retry: asyncio.TimerHandle | None = None
+        self._serving = False
+
+    def start(self) -> None:
+        self._sock.listen(self._backlog)  # an inherited socket (--fd) may not listen yet
+        self._sock.setblocking(False)
+        self._loop.add_reader(self._sock.fileno(), self._accept)
+        self._serving = True
+
+    def close(self) -> None:
+        """Stop accepting and close the socket; connections already accepted go on."""
+        if self._serving:
+            self._serving = False
+            self._loop.remove_reader(self._sock.fileno())
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
+        self._sock.close()
+
+    def _accept(self) -> None:
+        for _ in range(ACCEPT_BATCH):
+            try:
+                conn, _ = self._sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except ConnectionAbortedError:
+                continue  # the client gave up while queued
+            except OSError as exc:
+                if exc.errno in _OUT_OF_RESOURCES:
+                    self._pause(exc)
+                    return
+                error_logger.warning("accept() failed: %s", exc)  # that connection only
+                continue
+            self._connect(conn)
+
+    def _connect(self, conn: socket.socket) -> None:
+        coro = self._loop.connect_accepted_socket(self._factory, conn)
+        task = start_task(self._loop, coro, self._context.copy())  # eager on 3.12+
+        if task.done():
+            self._connected(task)
+        else:
+            self._pending.add(task)
+            task.add_done_callback(self._connected)
+
+    def _connected(self, task: asyncio.Task[Any]) -> None:
+        self._pending.discard(task)
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
+            error_logger.error("Could not set up an accepted connection: %s", exc)
+
+    def _pause(self, exc: OSError) -> None:
+        error_logger.error(
+            "accept() failed: %s; not accepting connections for %ss",
+            exc.strerror,
+            ACCEPT_RETRY_DELAY,
+        )
+        if self._serving:
+            self._serving = False
+            self._loop.remove_reader(self._sock.fileno())
+            self._retry = self._loop.call_later(ACCEPT_RETRY_DELAY, self._resume)
+
+    def _resume(self) -> None:
+        self._retry = None
+        if self._sock.fileno() != -1:
+            self._loop.add_reader(self._sock.fileno(), self._accept)
+            self._serving = True
