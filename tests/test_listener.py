@@ -38,46 +38,22 @@ def _run(loop_name: str, coro: Any) -> Any:
         return runner.run(coro)
 
 
-def test_one_wake_up_accepts_every_pending_connection(loop_name: str) -> None:
-    """uvloop's own servers accept one connection per loop iteration; ours take them all."""
-
-    async def main() -> int:
-        made: list[Recorder] = []
-        Recorder.made = made
-        loop = asyncio.get_running_loop()
-        sock = _listening_socket()
-        clients = [socket.create_connection(sock.getsockname()) for _ in range(40)]
-        listener = Listener(loop, sock, Recorder, backlog=256)
-        try:
-            listener._accept()  # one readable event, as the loop would deliver it
-            await asyncio.sleep(0)  # connection_made runs on the next loop turn
-            await asyncio.sleep(0)
-            return len(made)
-        finally:
-            listener.close()
-            for protocol in made:
-                protocol.transport.close()
-            for client in clients:
-                client.close()
-
-    assert _run(loop_name, main()) == 40
-
-
-def test_a_wake_up_accepts_at_most_one_batch(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(listener_module, "ACCEPT_BATCH", 5)
+def _connections_after_each_wake_up(loop_name: str, clients: int, wake_ups: int) -> list[int]:
+    """Queue `clients` connections on a listening socket, then deliver `wake_ups` readable
+    events to a Listener, as the loop would; return how many connections exist after each."""
 
     async def main() -> list[int]:
         made: list[Recorder] = []
         Recorder.made = made
         loop = asyncio.get_running_loop()
         sock = _listening_socket()
-        clients = [socket.create_connection(sock.getsockname()) for _ in range(12)]
+        queued = [socket.create_connection(sock.getsockname()) for _ in range(clients)]
         listener = Listener(loop, sock, Recorder, backlog=256)
         counts = []
         try:
-            for _ in range(3):
+            for _ in range(wake_ups):
                 listener._accept()
-                await asyncio.sleep(0)
+                await asyncio.sleep(0)  # connection_made runs on the next loop turns
                 await asyncio.sleep(0)
                 counts.append(len(made))
             return counts
@@ -85,10 +61,20 @@ def test_a_wake_up_accepts_at_most_one_batch(monkeypatch: pytest.MonkeyPatch) ->
             listener.close()
             for protocol in made:
                 protocol.transport.close()
-            for client in clients:
+            for client in queued:
                 client.close()
 
-    assert _run("uvloop", main()) == [5, 10, 12]
+    return _run(loop_name, main())
+
+
+def test_one_wake_up_accepts_every_pending_connection(loop_name: str) -> None:
+    """uvloop's own servers accept one connection per loop iteration; ours take them all."""
+    assert _connections_after_each_wake_up(loop_name, clients=40, wake_ups=1) == [40]
+
+
+def test_a_wake_up_accepts_at_most_one_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(listener_module, "ACCEPT_BATCH", 5)
+    assert _connections_after_each_wake_up("uvloop", clients=12, wake_ups=3) == [5, 10, 12]
 
 
 def test_running_out_of_file_descriptors_pauses_accepting(
