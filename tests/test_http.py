@@ -176,6 +176,53 @@ def test_http10_keep_alive():
             assert response.endswith(b"Hello, world!")
 
 
+async def version_echo(scope, receive, send):
+    """Reads the body, answers with the scope's http_version."""
+    while (await receive()).get("more_body"):
+        pass
+    body = scope["http_version"].encode()
+    headers = [(b"content-length", b"%d" % len(body))]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+GET_10 = b"GET /b HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"
+POST_11_BODY_LOOKS_LIKE_A_LINE = (
+    b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 12\r\n\r\n",
+    b"xyHTTP/1.1\r\n",
+)
+
+
+@pytest.mark.parametrize(
+    ("sends", "versions"),
+    [
+        ([GET_10], ["1.0"]),
+        ([b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n" + GET_10], ["1.1", "1.0"]),
+        ([GET_10 + b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n"], ["1.0", "1.1"]),
+        # The request line split across reads.
+        ([b"GET /b HTTP/1.", b"0\r\nConnection: keep-alive\r\n\r\n"], ["1.0"]),
+        ([b"GE", b"T /b HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"], ["1.0"]),
+        # The head split after the request line, the next read ending like a request line.
+        ([b"GET /b HTTP/1.0\r\nConnection: keep-alive\r\nX: a", b"b HTTP/1.1\r\n\r\n"],
+         ["1.0"]),
+        # A body whose bytes end like a request line, then a request in the same read.
+        ([b"".join(POST_11_BODY_LOOKS_LIKE_A_LINE) + GET_10], ["1.1", "1.0"]),
+        # ... and with the body's end arriving in the read that carries the next request.
+        ([POST_11_BODY_LOOKS_LIKE_A_LINE[0], POST_11_BODY_LOOKS_LIKE_A_LINE[1] + GET_10],
+         ["1.1", "1.0"]),
+    ],
+)
+def test_http_version_of_each_request(sends, versions):
+    """The version is read from the request line for the common case (one request per read);
+    every other arrangement of bytes must give the same answer as the parser."""
+    with serve(version_echo) as server, server.connect() as sock:
+        for data in sends:
+            sock.sendall(data)
+            time.sleep(0.05)  # separate reads on the server
+        answers = [read_response(sock).rpartition(b"\r\n\r\n")[2] for _ in versions]
+    assert answers == [v.encode() for v in versions]
+
+
 def test_chunked_response_when_no_content_length():
     with serve(echo_body) as server:
         data = server.request(

@@ -58,6 +58,10 @@ _METHODS: Final[dict[bytes, str]] = {
 
 _SLASH: Final = ord("/")
 _HASH: Final = ord("#")
+_LF: Final = ord("\n")
+
+# The last bytes of a request line, as llhttp accepts them (strict: CRLF, and only 1.0 or 1.1).
+_VERSIONS: Final[dict[bytes, str]] = {b"HTTP/1.1\r": "1.1", b"HTTP/1.0\r": "1.0"}
 
 _CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
 _CHUNKED: Final = b"transfer-encoding: chunked\r\n"
@@ -347,6 +351,7 @@ class HttpProtocol(asyncio.Protocol):
         "_forwarded",
         "_headers",
         "_idle_since",
+        "_line_chunk",
         "_parsing",
         "_paused",
         "_pending_error",
@@ -388,6 +393,7 @@ class HttpProtocol(asyncio.Protocol):
         self._parsing: RequestCycle | None = None
         self._headers: list[tuple[bytes, bytes]] = []
         self._url = b""
+        self._line_chunk: bytes | None = None
         self._expect_100 = False
         self._forwarded = False
         self._upgrade: bytes | None = None
@@ -437,6 +443,9 @@ class HttpProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._upgrade is not None:
             return  # after an Upgrade we do not speak: the bytes are not HTTP requests
+        # Between messages (no URL yet, no body being read), the chunk begins with the next
+        # request line or with the blank lines allowed before one (see `_http_version`).
+        self._line_chunk = data if not self._url and self._parsing is None else None
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
@@ -445,6 +454,7 @@ class HttpProtocol(asyncio.Protocol):
             self._bad_request(_callback_error_reason(exc))
         except httptools.HttpParserError as exc:
             self._bad_request(str(exc) or type(exc).__name__)
+        self._line_chunk = None
         self._run_queue()
 
     def eof_received(self) -> bool | None:
@@ -476,7 +486,7 @@ class HttpProtocol(asyncio.Protocol):
         state = self.state
         raw_method = parser.get_method()
         method = _METHODS.get(raw_method) or raw_method.decode("ascii")
-        http_version = parser.get_http_version()  # "1.1" or "1.0": llhttp refuses others
+        http_version = self._http_version()
         target = self._url
         headers = self._headers
         expect_100 = self._expect_100
@@ -534,6 +544,26 @@ class HttpProtocol(asyncio.Protocol):
         self._queue.append(cycle)
         if len(self._queue) > PIPELINE_HIGH_WATER:
             self.pause_reading(_PAUSED_FOR_PIPELINE)
+
+    def _http_version(self) -> str:
+        """"1.1" or "1.0" (llhttp refuses other versions), for the head just parsed.
+
+        httptools' `get_http_version()` formats its answer with `str.format`, about 2k
+        instructions a request. For the first message of a chunk that began between messages,
+        the request line llhttp has just validated ends at the chunk's first LF, so the version
+        is read there. Anything else (a request line split across reads, blank lines before
+        it, the later requests of a pipelined chunk) asks the parser.
+        """
+        chunk = self._line_chunk
+        if chunk is not None:
+            self._line_chunk = None
+            end = chunk.find(_LF)
+            if end >= 9:
+                version = _VERSIONS.get(chunk[end - 9 : end])
+                if version is not None:
+                    return version
+        version_text: str = self.parser.get_http_version()
+        return version_text
 
     def on_body(self, body: bytes) -> None:
         if self._parsing is not None:
