@@ -473,11 +473,12 @@ class HttpProtocol(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         name = name.lower()
-        if name == b"expect" and value.lower() == b"100-continue":
+        size = len(name)  # compared first: most names are none of these, and that is cheap
+        if size == 6 and name == b"expect" and value.lower() == b"100-continue":
             self._expect_100 = True
-        elif name[:12] == b"x-forwarded-":
+        elif size > 12 and name[:12] == b"x-forwarded-":
             self._forwarded = True
-        elif name == b"upgrade" and self._upgrade_offer is None:
+        elif size == 7 and name == b"upgrade" and self._upgrade_offer is None:
             self._upgrade_offer = value.lower()
         self._headers.append((name, value))
 
