@@ -7,6 +7,7 @@ import contextvars
 import socket
 import threading
 import time
+from http import HTTPStatus
 
 import httpx
 import pytest
@@ -187,9 +188,11 @@ async def version_echo(scope, receive, send):
 
 
 GET_10 = b"GET /b HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"
+# The read that ends this body holds "HTTP/1.1\r" at the offset where GET_10's version would
+# be if the read began with GET_10's request line.
 POST_11_BODY_LOOKS_LIKE_A_LINE = (
-    b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 12\r\n\r\n",
-    b"xyHTTP/1.1\r\n",
+    b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 17\r\n\r\n",
+    b"1234567HTTP/1.1\r\n",
 )
 
 
@@ -199,11 +202,14 @@ POST_11_BODY_LOOKS_LIKE_A_LINE = (
         ([GET_10], ["1.0"]),
         ([b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n" + GET_10], ["1.1", "1.0"]),
         ([GET_10 + b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n"], ["1.0", "1.1"]),
+        # Blank lines before the request line shift it from where the version is looked for.
+        ([b"\r\n" + GET_10, b"\r\n\r\nGET /a HTTP/1.1\r\nHost: x\r\n\r\n"], ["1.0", "1.1"]),
         # The request line split across reads.
         ([b"GET /b HTTP/1.", b"0\r\nConnection: keep-alive\r\n\r\n"], ["1.0"]),
         ([b"GE", b"T /b HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"], ["1.0"]),
-        # The head split after the request line, the next read ending like a request line.
-        ([b"GET /b HTTP/1.0\r\nConnection: keep-alive\r\nX: a", b"b HTTP/1.1\r\n\r\n"],
+        # The head split after the request line, the next read with a version where this
+        # request line would have its own.
+        ([b"GET /b HTTP/1.0\r\nConnection: keep-alive\r\nX: a", b"bcdefg HTTP/1.1\r\n\r\n"],
          ["1.0"]),
         # A body whose bytes end like a request line, then a request in the same read.
         ([b"".join(POST_11_BODY_LOOKS_LIKE_A_LINE) + GET_10], ["1.1", "1.0"]),
@@ -290,6 +296,40 @@ def test_head_and_no_body_statuses():
         # The connection is still in sync: a following request is answered correctly.
         sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         assert read_response(sock).endswith(b"body bytes")
+
+
+def test_framing_follows_the_request_not_the_scope_the_app_changed():
+    """A middleware may rewrite `method` or `http_version` in its scope (HEAD served as GET,
+    say); what goes on the wire still answers the request the client sent."""
+
+    async def app(scope, receive, send):
+        scope["method"], scope["http_version"] = "GET", "1.0"
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"body ", "more_body": True})
+        await send({"type": "http.response.body", "body": b"bytes"})
+
+    with serve(app) as server, server.connect() as sock:
+        sock.sendall(b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\n")
+        head = read_response(sock, head=True)
+        assert head.endswith(b"\r\n\r\n") and b"connection: close" not in head
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")  # still in sync, still 1.1
+        sock.settimeout(5)
+        response = b""
+        while not response.endswith(b"0\r\n\r\n"):
+            response += sock.recv(65536)
+    assert b"transfer-encoding: chunked" in response
+    assert b"5\r\nbody \r\n5\r\nbytes\r\n0\r\n\r\n" in response
+
+
+def test_status_may_be_an_http_status_member():
+    async def app(scope, receive, send):
+        start = {"type": "http.response.start", "status": HTTPStatus.CREATED, "headers": []}
+        await send(start)
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    with serve(app) as server:
+        response = httpx.get(server.url)
+    assert response.status_code == 201 and response.text == "ok"
 
 
 def test_expect_100_continue_sent_only_when_app_reads():
@@ -609,6 +649,33 @@ def test_send_waits_while_client_does_not_read():
         time.sleep(0.3)
         assert progress["sent"] == stalled_at  # send() is waiting, not buffering
         assert stalled_at < 16 * 1024 * 1024
+
+
+def test_send_can_be_wrapped_in_a_task():
+    """With uvicorn `send` returns a coroutine, so apps may hand it to `create_task`; that
+    works here too, both when `send` need not wait and when the client is slow to read."""
+    size = 8 * 1024 * 1024
+    waited = []
+
+    async def app(scope, receive, send):
+        headers = [(b"content-length", str(size).encode())]
+        start = {"type": "http.response.start", "status": 200, "headers": headers}
+        await asyncio.create_task(send(start))
+        chunk = b"x" * 65536
+        for i in range(size // len(chunk)):
+            pending = send({"type": "http.response.body", "body": chunk, "more_body": True})
+            waited.append(type(pending).__name__ != "Ready")
+            wrap = asyncio.create_task if i % 2 else asyncio.ensure_future
+            await wrap(pending)
+        await asyncio.wait_for(send({"type": "http.response.body", "body": b""}), 5)
+
+    with serve(app) as server, server.connect() as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        time.sleep(0.2)  # let the transport's buffer fill: later sends must wait
+        response = read_response(sock, timeout=10)
+    head, _, body = response.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ") and len(body) == size
+    assert any(waited) and not all(waited)
 
 
 def test_limit_concurrency_answers_503():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from http import HTTPStatus
 
 import pytest
 
@@ -10,7 +11,7 @@ from aserve.asgi import InvalidResponse
 from aserve.config import Config, ConfigError, load_env_file, parse_header_option
 from aserve.importer import AppLoadError, import_from_string, load_app
 from aserve.logging import escape
-from aserve.protocols.headers import encode_headers, status_line
+from aserve.protocols.headers import encode_headers, status_code, status_line
 from aserve.proxy import apply_forwarded_headers, parse_trusted
 
 
@@ -59,6 +60,11 @@ def test_status_line():
         status_line(42)
     with pytest.raises(InvalidResponse):
         status_line("200")  # type: ignore[arg-type]
+    assert status_line(HTTPStatus.NOT_FOUND) == b"HTTP/1.1 404 Not Found\r\n"
+    assert type(status_code(HTTPStatus.NOT_FOUND)) is int  # what the access log shows: 404
+    for odd in (200.0, True, None, 1000):
+        with pytest.raises(InvalidResponse, match="invalid HTTP status"):
+            status_code(odd)
 
 
 def test_trusted_proxies():
@@ -216,17 +222,40 @@ def test_log_config_file_and_level(tmp_path):
 async def test_write_flow_waits_only_while_paused():
     import asyncio
 
-    from aserve.flow_control import WriteFlow
+    from aserve.flow_control import READY, WriteFlow
 
-    loop = asyncio.get_running_loop()
-    done = loop.create_future()
-    done.set_result(None)
-    flow = WriteFlow(loop, done)
-    assert flow.drained() is done  # not paused: nothing to wait for
+    flow = WriteFlow(asyncio.get_running_loop())
+    assert flow.drained() is READY  # not paused: nothing to wait for
     flow.pause()
-    waiter = flow.drained()
-    assert not waiter.done()
-    assert flow.drained() is waiter  # every sender waits on the same future
-    flow.resume()
-    assert waiter.done()
-    assert flow.drained() is done
+    first, second = flow.drained(), flow.drained()
+    waiting = [asyncio.ensure_future(first), asyncio.ensure_future(second)]
+    await asyncio.sleep(0)
+    assert not any(task.done() for task in waiting)
+    flow.resume()  # every sender waits on the same drain
+    await asyncio.wait_for(asyncio.gather(*waiting), 1)
+    assert flow.drained() is READY
+
+
+async def test_ready_is_awaitable_and_runs_as_a_task():
+    """`send` returns READY when it need not wait: it must do what a finished coroutine does."""
+    import asyncio
+    import inspect
+
+    from aserve.flow_control import READY
+
+    assert await READY is None
+    assert inspect.isawaitable(READY) and asyncio.iscoroutine(READY)
+    assert await asyncio.create_task(READY) is None
+    assert await asyncio.ensure_future(READY) is None
+    assert await asyncio.wait_for(READY, 1) is None
+    assert await asyncio.gather(READY, READY) == [None, None]
+    with pytest.raises(StopIteration):
+        READY.send(None)
+    with pytest.raises(ValueError, match="boom"):
+        READY.throw(ValueError("boom"))
+    with pytest.raises(ValueError, match="boom"):
+        READY.throw(ValueError, "boom")
+    task = asyncio.get_running_loop().create_task(READY)  # not eager: cancelled before a step
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task

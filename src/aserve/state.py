@@ -17,6 +17,8 @@ from aserve.logging import AccessLog
 from aserve.proxy import TrustedProxies, parse_trusted
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from aserve.asgi import ASGIApp
     from aserve.config import Config
 
@@ -29,10 +31,10 @@ class ServerState:
         "access_log",
         "app",
         "base_context",
+        "clock",
         "config",
         "connections",
         "default_headers",
-        "done",
         "http_scope_template",
         "lifespan_state",
         "limit_concurrency",
@@ -72,11 +74,11 @@ class ServerState:
         )
         # WebSocket upgrades are handled unless turned off ("auto": websockets is a dependency).
         self.websockets = config.ws != "none"
-        self.access_log = AccessLog(config.access_log, config.access_log_format)
-        # A resolved future: `send` returns it when there is nothing to wait for, so awaiting
-        # it neither suspends nor allocates.
-        self.done: asyncio.Future[None] = loop.create_future()
-        self.done.set_result(None)
+        access_log = AccessLog(config.access_log, config.access_log_format)
+        # None when nothing would be written: the per-request check is one comparison.
+        self.access_log: AccessLog | None = access_log if access_log.enabled else None
+        # The loop's clock as a stored callable: a call without a method lookup per request.
+        self.clock: Callable[[], float] = loop.time
         self._server_header = b"server: aserve\r\n" if config.server_header else b""
         self._extra_headers = b"".join(
             [f"{name}: {value}\r\n".encode("latin-1") for name, value in config.headers]

@@ -31,13 +31,21 @@ STATUS_LINES: Final[dict[int, bytes]] = {
 }
 
 
-def status_line(status: Any) -> bytes:
-    line = STATUS_LINES.get(status)
-    if line is None:
-        if type(status) is not int or not 100 <= status <= 999:
+def status_code(status: Any) -> int:
+    """An app's status as an int from 100 to 999; int subclasses (HTTPStatus) are accepted."""
+    if type(status) is not int:
+        if not isinstance(status, int) or isinstance(status, bool):
             raise InvalidResponse(f"invalid HTTP status {status!r}")
-        line = b"HTTP/1.1 %d \r\n" % status
-    return line
+        status = int(status)
+    if not 100 <= status <= 999:
+        raise InvalidResponse(f"invalid HTTP status {status!r}")
+    code: int = status
+    return code
+
+
+def status_line(status: Any) -> bytes:
+    code = status_code(status)
+    return STATUS_LINES.get(code) or b"HTTP/1.1 %d \r\n" % code
 
 
 class HeaderBlock:

@@ -35,12 +35,14 @@ from websockets.protocol import State
 from websockets.server import ServerProtocol
 
 from aserve.asgi import ASGI_VERSION, WEBSOCKET_SPEC_VERSION, ClientDisconnected
-from aserve.flow_control import WriteFlow
+from aserve.flow_control import READY, WriteFlow
 from aserve.logging import error_logger, escape, escape_bytes
 from aserve.protocols.headers import encode_headers, status_line
 from aserve.tasks import start_task
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable
+
     from aserve.asgi import ASGIApp, Message
     from aserve.state import ServerState
 
@@ -150,7 +152,7 @@ class WebSocketProtocol(asyncio.Protocol):
         self._fragments: list[Any] | None = None
         self._decoder: codecs.IncrementalDecoder | None = None
         self._paused = 0
-        self.flow = WriteFlow(self.loop, state.done)
+        self.flow = WriteFlow(self.loop)
         self._timer: asyncio.TimerHandle | None = None
         self._ping_interval = config.ws_ping_interval
         self._ping_timeout = config.ws_ping_timeout
@@ -316,7 +318,7 @@ class WebSocketProtocol(asyncio.Protocol):
 
     # -- the app's send --------------------------------------------------------------------
 
-    def send(self, message: Message) -> asyncio.Future[None]:
+    def send(self, message: Message) -> Awaitable[None]:
         """Returns an awaitable: already resolved unless the transport asked us to wait."""
         phase = self._phase
         kind = message["type"]
@@ -333,7 +335,7 @@ class WebSocketProtocol(asyncio.Protocol):
                     protocol.send_binary(data)
                 self._write(protocol.data_to_send())
                 if not self.flow.paused:
-                    return self.state.done
+                    return READY
             elif kind == "websocket.close":
                 self._close(message.get("code") or 1000, message.get("reason") or "")
             else:
@@ -660,17 +662,17 @@ class WebSocketProtocol(asyncio.Protocol):
             if not self._paused and self._phase is not CLOSED:
                 self.transport.resume_reading()
 
-    def _drained(self) -> asyncio.Future[None]:
+    def _drained(self) -> Awaitable[None]:
         """An awaitable that resolves once the transport accepts more data."""
         if self._phase is CLOSED:
-            return self.state.done
+            return READY
         return self.flow.drained()
 
     # -- access log ------------------------------------------------------------------------
 
     def _log_access(self, outcome: str) -> None:
         """uvicorn's handshake line: `client - "WebSocket /path" [accepted]` (or a status)."""
-        if not self.state.access_log.enabled:
+        if self.state.access_log is None:
             return
         scope = self.scope
         client = scope.get("client")
