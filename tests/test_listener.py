@@ -159,3 +159,19 @@ def test_a_burst_of_new_connections_is_served_while_the_server_is_busy() -> None
             sock.close()
     assert all(answer.startswith(b"HTTP/1.1 200") for answer in answers)
     assert elapsed < 1.5, f"20 new connections took {elapsed:.2f}s to be answered"
+
+
+async def _hello(scope: Any, receive: Any, send: Any) -> None:
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"hello"})
+
+
+def test_accepted_connections_do_not_wait_for_acks(loop_name: str) -> None:
+    """TCP_NODELAY on every accepted connection, on both loops: with Nagle's algorithm a
+    response written in pieces (a stream) waits for the client's delayed ACK, up to 40 ms."""
+    with serve(_hello, loop=loop_name) as server, server.connect() as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert read_response(sock).endswith(b"hello")
+        (connection,) = server.server.state.connections
+        accepted = connection.transport.get_extra_info("socket")
+        assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
