@@ -85,7 +85,7 @@ class Listener:
 
     def _connect(self, conn: socket.socket) -> None:
         coro = self._loop.connect_accepted_socket(self._factory, conn)
-        task = start_task(self._loop, coro, self._context.copy())  # eager on 3.12+
+        task = start_task(self._loop, coro, self._context)  # eager on 3.12+
         if task.done():
             self._connected(task)
         else:

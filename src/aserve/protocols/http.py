@@ -31,7 +31,7 @@ from aserve.protocols.headers import (
     status_line,
 )
 from aserve.proxy import TrustedProxies, apply_forwarded_headers
-from aserve.tasks import start_app
+from aserve.tasks import start_app, task_done, task_exception
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable
@@ -79,10 +79,10 @@ _ERROR_HEADERS: Final = [(b"content-type", b"text/plain; charset=utf-8")]
 
 
 class RequestCycle:
-    """One request and its response: the app's `receive` and `send`.
+    """One request and its response: the app's `receive`, and its `send` (the cycle itself).
 
-    `send` is a plain method returning an awaitable: when nothing needs to wait it returns an
-    already-resolved future, so the common case costs no coroutine and no suspension.
+    `send` is a plain call returning an awaitable: when nothing needs to wait it returns
+    `READY`, already complete, so the common case costs no coroutine and no suspension.
     """
 
     __slots__ = (
@@ -150,7 +150,7 @@ class RequestCycle:
         failure is read from the Task here instead of a wrapper coroutine per request."""
         self.conn.state.tasks.discard(task)
         try:
-            exc = task.exception()
+            exc = task_exception(task)
         except asyncio.CancelledError:
             if not self.complete:
                 self.conn.abort()
@@ -212,7 +212,9 @@ class RequestCycle:
         self.delivered = not more_body
         return {"type": "http.request", "body": body, "more_body": more_body}
 
-    def send(self, message: Message) -> Awaitable[None]:
+    def __call__(self, message: Message) -> Awaitable[None]:
+        """The app's `send`: the cycle is passed as `send` itself, because a bound method
+        would be a new object for every request."""
         if self.disconnected:
             raise ClientDisconnected("the client closed the connection")
         # Typed as a dict, compiled reads are direct dict lookups instead of method calls; a
@@ -631,15 +633,11 @@ class HttpProtocol(asyncio.Protocol):
             while self._active is None and queue:
                 cycle = queue.pop(0)
                 self._active = cycle
+                # The cycle itself is the app's `send` (see `RequestCycle.__call__`).
                 task = start_app(
-                    self.loop,
-                    self._app(),
-                    cycle.scope,
-                    cycle.receive,
-                    cycle.send,
-                    state.base_context.copy(),
+                    self.loop, self._app(), cycle.scope, cycle.receive, cycle, state.base_context
                 )
-                if task.done():
+                if task_done(task):
                     cycle.app_finished(task)
                 else:
                     tasks.add(task)

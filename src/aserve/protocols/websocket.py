@@ -184,7 +184,7 @@ class WebSocketProtocol(asyncio.Protocol):
             return
         self._response = response
         self.scope = _websocket_scope(self.scope, headers)
-        task = start_task(self.loop, self._run(state.app), state.base_context.copy())
+        task = start_task(self.loop, self._run(state.app), state.base_context)
         if not task.done():
             self.task = task
             state.tasks.add(task)
