@@ -321,6 +321,19 @@ def test_framing_follows_the_request_not_the_scope_the_app_changed():
     assert b"5\r\nbody \r\n5\r\nbytes\r\n0\r\n\r\n" in response
 
 
+def test_messages_may_be_any_mapping():
+    from types import MappingProxyType
+
+    async def app(scope, receive, send):
+        start = {"type": "http.response.start", "status": 200, "headers": []}
+        await send(MappingProxyType(start))
+        await send(MappingProxyType({"type": "http.response.body", "body": b"ok"}))
+
+    with serve(app) as server:
+        response = httpx.get(server.url)
+    assert response.status_code == 200 and response.text == "ok"
+
+
 def test_status_may_be_an_http_status_member():
     async def app(scope, receive, send):
         start = {"type": "http.response.start", "status": HTTPStatus.CREATED, "headers": []}
