@@ -1,20 +1,22 @@
 """WebSocket echo load client: N connections, each doing send/receive round trips.
 
-Uses raw asyncio streams (masked frames prebuilt once) so the client stays cheap.
-Run as ``python -m benchmarks.wsload --port P`` (prints one JSON line), normally
-pinned to the load core with taskset.
+Each connection is an `asyncio.Protocol` that sends the next prebuilt masked frame from
+`data_received` as soon as the echo is complete: no streams, no coroutine per message, so the
+client costs a few microseconds per round trip and the server, not the client, sets the rate.
+Run as ``python -m benchmarks.wsload --port P`` (prints one JSON line), normally pinned to the
+load core with taskset.
 """
 
 import argparse
 import asyncio
 import base64
-import contextlib
 import json
 import os
 import time
 
 HOST = "127.0.0.1"
 MESSAGE = b"hello, websocket echo benchmark!"
+EXPECTED = bytes([0x81, len(MESSAGE)]) + MESSAGE  # the unmasked echo of MESSAGE
 
 
 def masked_frame(opcode, payload):
@@ -24,41 +26,75 @@ def masked_frame(opcode, payload):
     return bytes([0x80 | opcode, 0x80 | len(payload)]) + mask + body
 
 
-async def handshake(port):
-    reader, writer = await asyncio.open_connection(HOST, port)
-    key = base64.b64encode(os.urandom(16)).decode()
-    writer.write((f"GET / HTTP/1.1\r\nHost: {HOST}:{port}\r\nUpgrade: websocket\r\n"
-                  f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-                  "Sec-WebSocket-Version: 13\r\n\r\n").encode())
-    head = await reader.readuntil(b"\r\n\r\n")
-    if b" 101 " not in head.split(b"\r\n", 1)[0]:
-        writer.close()
-        raise ConnectionError(f"handshake refused: {head[:80]!r}")
-    return reader, writer
+class EchoClient(asyncio.Protocol):
+    """Handshake, then one message in flight: each complete echo sends the next message."""
 
+    def __init__(self, port, measure_from, stop_at):
+        self.port = port
+        self.measure_from = measure_from
+        self.stop_at = stop_at
+        self.frame = masked_frame(0x1, MESSAGE)
+        self.buffer = b""
+        self.upgraded = False
+        self.count = 0
+        self.done = asyncio.get_running_loop().create_future()
 
-async def close_connection(reader, writer):
-    writer.write(masked_frame(0x8, (1000).to_bytes(2, "big")))
-    with contextlib.suppress(TimeoutError, OSError):
-        await asyncio.wait_for(reader.read(64), timeout=1.0)
-    writer.close()
+    def connection_made(self, transport):
+        self.transport = transport
+        key = base64.b64encode(os.urandom(16)).decode()
+        transport.write((f"GET / HTTP/1.1\r\nHost: {HOST}:{self.port}\r\nUpgrade: websocket\r\n"
+                         f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                         "Sec-WebSocket-Version: 13\r\n\r\n").encode())
+
+    def data_received(self, data):
+        buffer = self.buffer + data
+        if not self.upgraded:
+            head, found, rest = buffer.partition(b"\r\n\r\n")
+            if not found:
+                self.buffer = buffer
+                return
+            if b" 101 " not in head.split(b"\r\n", 1)[0]:
+                self._fail(ConnectionError(f"handshake refused: {head[:80]!r}"))
+                return
+            self.upgraded = True
+            self.buffer = rest
+            self.transport.write(self.frame)
+            return
+        size = len(EXPECTED)
+        if len(buffer) < size:
+            self.buffer = buffer
+            return
+        if buffer[:size] != EXPECTED or len(buffer) > size:
+            self._fail(ConnectionError(f"unexpected echo frame {buffer[:40]!r}"))
+            return
+        self.buffer = b""
+        now = time.monotonic()
+        self.count += now >= self.measure_from
+        if now < self.stop_at:
+            self.transport.write(self.frame)
+        else:
+            self.transport.write(masked_frame(0x8, (1000).to_bytes(2, "big")))
+            self.transport.close()
+            if not self.done.done():
+                self.done.set_result(self.count)
+
+    def connection_lost(self, exc):
+        if not self.done.done():
+            self._fail(exc or ConnectionError("connection closed before the run ended"))
+
+    def _fail(self, exc):
+        if not self.done.done():
+            self.done.set_exception(exc)
+        self.transport.close()
 
 
 async def echo_loop(port, measure_from, stop_at):
     """Round trips until `stop_at`; returns how many completed after `measure_from`."""
-    reader, writer = await handshake(port)
-    frame = masked_frame(0x1, MESSAGE)
-    expected = bytes([0x81, len(MESSAGE)]) + MESSAGE
-    count = 0
-    now = time.monotonic()
-    while now < stop_at:
-        writer.write(frame)
-        if await reader.readexactly(len(expected)) != expected:
-            raise ConnectionError("unexpected echo frame")
-        now = time.monotonic()
-        count += now >= measure_from
-    await close_connection(reader, writer)
-    return count
+    loop = asyncio.get_running_loop()
+    _, client = await loop.create_connection(
+        lambda: EchoClient(port, measure_from, stop_at), HOST, port
+    )
+    return await client.done
 
 
 async def run_load(port, connections, duration, warmup):

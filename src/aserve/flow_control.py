@@ -37,10 +37,15 @@ class Ready:
         raise StopIteration
 
     def throw(self, typ: Any, val: Any = None, tb: Any = None) -> None:
-        # A Task cancelled before its first step throws into its coroutine.
+        """Raise what is thrown in, as a coroutine that has not started would.
+
+        (A Task cancelled before its first step throws CancelledError into its coroutine.)
+        """
         if isinstance(typ, BaseException):
             raise typ
-        raise typ() if val is None else val if isinstance(val, BaseException) else typ(val)
+        if isinstance(val, BaseException):
+            raise val
+        raise typ() if val is None else typ(val)
 
     def close(self) -> None:
         pass
@@ -73,7 +78,8 @@ class WriteFlow:
     def drained(self) -> Awaitable[None]:
         """An awaitable that resolves once the transport accepts more data.
 
-        A coroutine in both cases, like `send` in servers where it is an `async def`.
+        A coroutine (or `READY`, which acts as one) in both cases, like `send` in servers where
+        it is an `async def`.
         """
         if not self.paused:
             return READY
