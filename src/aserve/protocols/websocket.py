@@ -78,6 +78,9 @@ _utf8_decoder = codecs.getincrementaldecoder("utf-8")
 _access_logger = logging.getLogger("aserve.access")
 
 
+_recv_frame = ServerProtocol.recv_frame
+
+
 class _ServerProtocol(ServerProtocol):
     """websockets' server side, except that a Close may interrupt a fragmented message.
 
@@ -88,7 +91,7 @@ class _ServerProtocol(ServerProtocol):
     def recv_frame(self, frame: Frame) -> None:
         if frame.opcode is _CLOSE:
             self.current_size = None
-        super().recv_frame(frame)
+        _recv_frame(self, frame)  # (not super(): that builds a proxy object for every frame)
 
 
 class WebSocketProtocol(asyncio.Protocol):
