@@ -12,6 +12,7 @@ from http import HTTPStatus
 import httpx
 import pytest
 
+from aserve.flow_control import READY
 from conftest import read_response, read_until_close, serve
 
 
@@ -677,7 +678,7 @@ def test_send_can_be_wrapped_in_a_task():
         chunk = b"x" * 65536
         for i in range(size // len(chunk)):
             pending = send({"type": "http.response.body", "body": chunk, "more_body": True})
-            waited.append(type(pending).__name__ != "Ready")
+            waited.append(pending is not READY)
             wrap = asyncio.create_task if i % 2 else asyncio.ensure_future
             await wrap(pending)
         await asyncio.wait_for(send({"type": "http.response.body", "body": b""}), 5)
