@@ -8,7 +8,7 @@ PYTHON ?= $(shell for p in python3.13 python3.12 $$HOME/.pyenv/versions/3.13*/bi
 PIP := $(VENV)/bin/python -m pip
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint bench autobahn clean install
+.PHONY: demo test lint format bench autobahn clean install
 
 $(VENV)/bin/python:
 	@test -n "$(PYTHON)" || { echo "Error: no CPython 3.11+ found; set PYTHON=/path/to/python3" >&2; exit 1; }
@@ -35,15 +35,24 @@ install: $(VENV)/.installed
 demo: $(VENV)/.installed
 	$(VENV)/bin/aserve demo:app --app-dir examples --host 127.0.0.1 --port 8000
 
+LINT_PATHS := setup.py src tests benchmarks examples
+
 lint: $(VENV)/.installed-dev
-	$(VENV)/bin/ruff check setup.py src tests benchmarks examples
+	$(VENV)/bin/ruff check $(LINT_PATHS)
+	$(VENV)/bin/ruff format --check $(LINT_PATHS)
+
+format: $(VENV)/.installed-dev
+	$(VENV)/bin/ruff format $(LINT_PATHS)
+	$(VENV)/bin/ruff check --fix $(LINT_PATHS)
 
 # The suite runs on the hot path as installed, then, if that is compiled, on its Python source.
+# Tests marked `once` (whole processes: supervisor, scale, e2e) do not depend on which variant
+# of the hot path runs, so the second pass leaves them out.
 test: lint
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 	@if $(VENV)/bin/python -c 'import sys, aserve.protocols.http as h; sys.exit(not h.COMPILED)'; \
 	then echo "== again on the pure-Python hot path (ASERVE_NO_EXTENSIONS=1) =="; \
-	ASERVE_NO_EXTENSIONS=1 $(VENV)/bin/python -m pytest $(PYTEST_ARGS); fi
+	ASERVE_NO_EXTENSIONS=1 $(VENV)/bin/python -m pytest -m 'not once' $(PYTEST_ARGS); fi
 
 bench: $(VENV)/.installed-bench
 	$(VENV)/bin/python benchmarks/run.py $(BENCH_ARGS)

@@ -48,8 +48,11 @@ def _pip_install_command(requirements):
 
 def ensure_python_packages():
     """pip-install whatever of PYTHON_REQUIREMENTS cannot be imported."""
-    missing = [req for module, req in PYTHON_REQUIREMENTS.items()
-               if importlib.util.find_spec(module) is None]
+    missing = [
+        req
+        for module, req in PYTHON_REQUIREMENTS.items()
+        if importlib.util.find_spec(module) is None
+    ]
     if not missing:
         return
     cmd = _pip_install_command(missing)

@@ -37,8 +37,9 @@ async def _open_many(port, count, timeout):
     """Open `count` connections in batches; stop early once a batch has failures."""
     streams, failures = [], 0
     for start in range(0, count, BATCH):
-        batch = [asyncio.wait_for(_open_one(port), timeout)
-                 for _ in range(min(BATCH, count - start))]
+        batch = [
+            asyncio.wait_for(_open_one(port), timeout) for _ in range(min(BATCH, count - start))
+        ]
         for result in await asyncio.gather(*batch, return_exceptions=True):
             if isinstance(result, BaseException):
                 failures += 1
@@ -68,8 +69,11 @@ async def _measure(pid, port, count, settle):
     opened = len(streams)
     return {
         "value": (after - before) / opened if opened else None,
-        "rss_before_kib": before, "rss_after_kib": after, "opened": opened,
-        "alive_at_measure": alive, "open_seconds": round(time.monotonic() - started, 2),
+        "rss_before_kib": before,
+        "rss_after_kib": after,
+        "opened": opened,
+        "alive_at_measure": alive,
+        "open_seconds": round(time.monotonic() - started, 2),
         "errors": {"failed": failures, "closed_early": opened - alive},
     }
 

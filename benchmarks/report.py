@@ -36,7 +36,8 @@ def summarize(runs, workloads, servers):
                 "values": [r["value"] for r in good],
                 "p50_ms": _median([r.get("p50_ms") for r in good]),
                 "p99_ms": _median([r.get("p99_ms") for r in good]),
-                "ok": len(good), "failed": len(mine) - len(good),
+                "ok": len(good),
+                "failed": len(mine) - len(good),
                 "flagged": any(_has_errors(r) for r in good),
                 "error": next((r["error"] for r in mine if not r["ok"]), None),
             }
@@ -64,8 +65,9 @@ def format_tables(summary, workloads, servers):
     for w in workloads:
         row = summary[w.name]
         digits = 1 if w.kind == "memory" else 0
-        line = f"{w.name:<14}{w.unit:<10}" + "".join(f"{_cell(row[s], digits):>13}"
-                                                        for s in servers)
+        line = f"{w.name:<14}{w.unit:<10}" + "".join(
+            f"{_cell(row[s], digits):>13}" for s in servers
+        )
         line += "".join(f"{_fmt(ratio(row, 'aserve', o), 2):>12}" for o in others)
         lines.append(line)
     with_latency = [w for w in workloads if w.kind == "http" and w.latency]
@@ -121,23 +123,41 @@ def metadata(config):
     return {
         "aserve_hot_path": _aserve_hot_path(),
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "python": {"version": sys.version, "implementation": platform.python_implementation(),
-                   "executable": sys.executable},
+        "python": {
+            "version": sys.version,
+            "implementation": platform.python_implementation(),
+            "executable": sys.executable,
+        },
         "packages": {name: _version(name) for name in PACKAGES},
-        "machine": {"platform": platform.platform(), "machine": platform.machine(),
-                    "cpu": _cpu_model(), "cpu_count": os.cpu_count(),
-                    "hostname": platform.node()},
+        "machine": {
+            "platform": platform.platform(),
+            "machine": platform.machine(),
+            "cpu": _cpu_model(),
+            "cpu_count": os.cpu_count(),
+            "hostname": platform.node(),
+        },
         "wrk": _wrk_version(),
         "config": config,
     }
 
 
 def save_json(path, meta, workloads, runs, summary):
-    document = {"meta": meta,
-                "workloads": [{"name": w.name, "kind": w.kind, "unit": w.unit,
-                               "connections": w.connections, "app": w.app,
-                               "higher_is_better": w.higher_is_better} for w in workloads],
-                "summary": summary, "runs": runs}
+    document = {
+        "meta": meta,
+        "workloads": [
+            {
+                "name": w.name,
+                "kind": w.kind,
+                "unit": w.unit,
+                "connections": w.connections,
+                "app": w.app,
+                "higher_is_better": w.higher_is_better,
+            }
+            for w in workloads
+        ],
+        "summary": summary,
+        "runs": runs,
+    }
     path.write_text(json.dumps(document, indent=2))
 
 
@@ -155,14 +175,16 @@ def save_plot(path, summary, workloads, servers, title):
         values = [summary[workload.name][s]["median"] or 0 for s in servers]
         bars = ax.bar(servers, values, color=[COLORS.get(s, "grey") for s in servers])
         digits = 1 if workload.kind == "memory" else 0
-        labels = [_fmt(summary[workload.name][s]["median"], digits).replace("-", "failed")
-                  for s in servers]
+        labels = [
+            _fmt(summary[workload.name][s]["median"], digits).replace("-", "failed")
+            for s in servers
+        ]
         ax.bar_label(bars, labels=labels, fontsize=8)
         better = "higher" if workload.higher_is_better else "lower"
         ax.set_title(f"{workload.name} ({workload.unit}, {better} is better)", fontsize=9)
         ax.margins(y=0.15)
         ax.tick_params(labelsize=8)
-    for ax in list(axes.flat)[len(workloads):]:
+    for ax in list(axes.flat)[len(workloads) :]:
         ax.set_visible(False)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()

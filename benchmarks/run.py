@@ -46,23 +46,42 @@ def positive_int(text):
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=positive_int, default=5,
-                        help="interleaved rounds (default 5)")
-    parser.add_argument("--duration", type=positive_int, default=5,
-                        help="seconds of load per workload (default 5)")
-    parser.add_argument("--warmup", type=int, default=1,
-                        help="seconds of warm-up load after each server start (default 1)")
-    parser.add_argument("--idle-connections", type=int, default=5000,
-                        help="connections held open by the memory test (default 5000)")
-    parser.add_argument("--quick", action="store_true",
-                        help="smoke run: 1 round, 2 s per workload, 1000 idle connections")
-    parser.add_argument("--servers", default=",".join(SERVERS),
-                        help="comma-separated, from " + ",".join(SERVERS + OPTIONAL_SERVERS)
-                        + " (aserve-py: aserve's hot path as Python source)")
-    parser.add_argument("--workloads", default="",
-                        help="comma-separated subset of workload names (default: all)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--rounds", type=positive_int, default=5, help="interleaved rounds (default 5)"
+    )
+    parser.add_argument(
+        "--duration", type=positive_int, default=5, help="seconds of load per workload (default 5)"
+    )
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=1,
+        help="seconds of warm-up load after each server start (default 1)",
+    )
+    parser.add_argument(
+        "--idle-connections",
+        type=int,
+        default=5000,
+        help="connections held open by the memory test (default 5000)",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run: 1 round, 2 s per workload, 1000 idle connections",
+    )
+    parser.add_argument(
+        "--servers",
+        default=",".join(SERVERS),
+        help="comma-separated, from "
+        + ",".join(SERVERS + OPTIONAL_SERVERS)
+        + " (aserve-py: aserve's hot path as Python source)",
+    )
+    parser.add_argument(
+        "--workloads", default="", help="comma-separated subset of workload names (default: all)"
+    )
     parser.add_argument("--start-timeout", type=float, default=10.0)
     parser.add_argument("--output-dir", type=Path, default=RESULTS_DIR)
     args = parser.parse_args(argv)
@@ -82,8 +101,11 @@ def select(names, available, what):
 
 def selected_workloads(args):
     names = select(args.workloads, [w.name for w in WORKLOADS], "workload")
-    return [dataclasses.replace(w, connections=args.idle_connections) if w.kind == "memory"
-            else w for w in WORKLOADS if w.name in names]
+    return [
+        dataclasses.replace(w, connections=args.idle_connections) if w.kind == "memory" else w
+        for w in WORKLOADS
+        if w.name in names
+    ]
 
 
 def group_by_start(workloads):
@@ -106,9 +128,14 @@ def prepare_machine(idle_connections):
 
 
 def measure_http(workload, port, duration):
-    result = run_wrk(f"http://{HOST}:{port}{workload.path}", connections=workload.connections,
-                     duration=duration, core=LOAD_CORE, script=workload.script,
-                     script_args=workload.script_args)
+    result = run_wrk(
+        f"http://{HOST}:{port}{workload.path}",
+        connections=workload.connections,
+        duration=duration,
+        core=LOAD_CORE,
+        script=workload.script,
+        script_args=workload.script_args,
+    )
     if not result["requests"]:
         raise RuntimeError(f"wrk completed no request: {result['errors']}")
     if not workload.latency:
@@ -117,11 +144,30 @@ def measure_http(workload, port, duration):
 
 
 def measure_ws(workload, port, duration, warmup):
-    cmd = ["taskset", "-c", str(LOAD_CORE), sys.executable, "-m", "benchmarks.wsload",
-           "--port", str(port), "--connections", str(workload.connections),
-           "--duration", str(duration), "--warmup", str(warmup)]
-    done = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, check=False,
-                          timeout=duration + warmup + 60)
+    cmd = [
+        "taskset",
+        "-c",
+        str(LOAD_CORE),
+        sys.executable,
+        "-m",
+        "benchmarks.wsload",
+        "--port",
+        str(port),
+        "--connections",
+        str(workload.connections),
+        "--duration",
+        str(duration),
+        "--warmup",
+        str(warmup),
+    ]
+    done = subprocess.run(
+        cmd,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=duration + warmup + 60,
+    )
     if done.returncode != 0:
         raise RuntimeError(f"ws client failed: {done.stderr.strip()[-500:]}")
     result = json.loads(done.stdout)
@@ -133,8 +179,10 @@ def measure_ws(workload, port, duration, warmup):
 def measure_memory(workload, server):
     result = idle_memory(server.process.pid, server.port, workload.connections)
     if result["alive_at_measure"] < workload.connections:
-        raise RuntimeError(f"only {result['alive_at_measure']} of {workload.connections} idle "
-                           f"connections were open at the measurement: {result}")
+        raise RuntimeError(
+            f"only {result['alive_at_measure']} of {workload.connections} idle "
+            f"connections were open at the measurement: {result}"
+        )
     return result
 
 
@@ -170,13 +218,26 @@ def start_group(names, group, args, round_number):
     idle = group[0].connections if group[0].kind == "memory" else 0
     for name in names:
         try:
-            started[name] = start_server(name, group[0].app, core=SERVER_CORE,
-                                         timeout=args.start_timeout,
-                                         websocket=group[0].kind == "ws", idle_connections=idle)
+            started[name] = start_server(
+                name,
+                group[0].app,
+                core=SERVER_CORE,
+                timeout=args.start_timeout,
+                websocket=group[0].kind == "ws",
+                idle_connections=idle,
+            )
         except ServerError as exc:
-            failed += [{"round": round_number, "server": name, "workload": w.name, "ok": False,
-                        "start_failed": True, "error": f"server start failed: {exc}"}
-                       for w in group]
+            failed += [
+                {
+                    "round": round_number,
+                    "server": name,
+                    "workload": w.name,
+                    "ok": False,
+                    "start_failed": True,
+                    "error": f"server start failed: {exc}",
+                }
+                for w in group
+            ]
     return started, failed
 
 
@@ -196,11 +257,14 @@ def run_group(names, group, args, round_number):
         for workload in group:
             for name in order:
                 server = servers[name]
-                record = {"round": round_number, "server": name, "workload": workload.name,
-                          "loadavg_1m": os.getloadavg()[0]}
+                record = {
+                    "round": round_number,
+                    "server": name,
+                    "workload": workload.name,
+                    "loadavg_1m": os.getloadavg()[0],
+                }
                 try:
-                    record.update(measure(workload, server, args.duration, args.warmup),
-                                  ok=True)
+                    record.update(measure(workload, server, args.duration, args.warmup), ok=True)
                 except MEASURE_ERRORS as exc:
                     record.update(ok=False, error=f"{exc}{log_tail(server.log_path, 6)}")
                 print_progress(record, workload)
@@ -220,15 +284,17 @@ def print_progress(record, workload):
     if record.get("p50_ms") is not None:
         latency = f"  p50 {record['p50_ms']:.2f} ms  p99 {record['p99_ms']:.2f} ms"
     errors = {k: v for k, v in record.get("errors", {}).items() if v}
-    print(f"{head} {record['value']:>12,.1f} {workload.unit}{latency}"
-          f"{'  errors ' + str(errors) if errors else ''}", flush=True)
+    print(
+        f"{head} {record['value']:>12,.1f} {workload.unit}{latency}"
+        f"{'  errors ' + str(errors) if errors else ''}",
+        flush=True,
+    )
 
 
 def warn_if_busy(threshold=1.0):
     load = os.getloadavg()[0]
     if load > threshold:
-        print(f"warning: load average is {load:.1f}; other processes will add noise",
-              flush=True)
+        print(f"warning: load average is {load:.1f}; other processes will add noise", flush=True)
 
 
 def run_rounds(args, servers, workloads):
@@ -243,26 +309,36 @@ def run_rounds(args, servers, workloads):
             for record in records:
                 if record.get("start_failed") and record["workload"] == group[0].name:
                     broken.add((record["server"], group[0].start_key))
-                    print(f"  [round {round_number}] {record['server']:<8} {record['error']}",
-                          flush=True)
+                    print(
+                        f"  [round {round_number}] {record['server']:<8} {record['error']}",
+                        flush=True,
+                    )
             runs += records
     return runs
 
 
 def write_results(args, servers, workloads, runs, elapsed):
     summary = report.summarize(runs, workloads, servers)
-    config = {"rounds": args.rounds, "duration": args.duration, "warmup": args.warmup,
-              "quick": args.quick, "idle_connections": args.idle_connections,
-              "servers": servers, "server_core": SERVER_CORE, "load_core": LOAD_CORE,
-              "elapsed_seconds": round(elapsed, 1),
-              "max_loadavg_1m": max((r["loadavg_1m"] for r in runs if "loadavg_1m" in r),
-                                    default=None)}
+    config = {
+        "rounds": args.rounds,
+        "duration": args.duration,
+        "warmup": args.warmup,
+        "quick": args.quick,
+        "idle_connections": args.idle_connections,
+        "servers": servers,
+        "server_core": SERVER_CORE,
+        "load_core": LOAD_CORE,
+        "elapsed_seconds": round(elapsed, 1),
+        "max_loadavg_1m": max((r["loadavg_1m"] for r in runs if "loadavg_1m" in r), default=None),
+    }
     meta = report.metadata(config)
     args.output_dir.mkdir(parents=True, exist_ok=True)
     stem = args.output_dir / f"bench-{time.strftime('%Y%m%d-%H%M%S')}"
     report.save_json(stem.with_suffix(".json"), meta, workloads, runs, summary)
-    title = (f"median of {args.rounds} round(s), {args.duration:g}s each - Python "
-             f"{sys.version.split()[0]} - {meta['machine']['cpu']}")
+    title = (
+        f"median of {args.rounds} round(s), {args.duration:g}s each - Python "
+        f"{sys.version.split()[0]} - {meta['machine']['cpu']}"
+    )
     report.save_plot(stem.with_suffix(".png"), summary, workloads, servers, title)
     print("\n" + report.format_tables(summary, workloads, servers))
     failures = report.format_failures(summary, servers)
@@ -270,8 +346,9 @@ def write_results(args, servers, workloads, runs, elapsed):
         print("\nfailures:\n" + failures)
     if any(cell["flagged"] for row in summary.values() for cell in row.values()):
         print("\n'!' = some runs reported socket errors / non-2xx answers (see JSON)")
-    print(f"saved {stem.with_suffix('.json')} and {stem.with_suffix('.png')} "
-          f"({elapsed / 60:.1f} min)")
+    print(
+        f"saved {stem.with_suffix('.json')} and {stem.with_suffix('.png')} ({elapsed / 60:.1f} min)"
+    )
 
 
 def main(argv=None):

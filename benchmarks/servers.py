@@ -48,13 +48,39 @@ def server_command(name, app, port, *, websocket=False, idle_connections=0):
         if websocket:
             cmd += ["--ws", "websockets"]
     elif name == "uvicorn":
-        cmd = [python, "-m", "uvicorn", app, *common, "--http", "httptools", "--loop", "uvloop",
-               "--no-access-log", "--log-level", "warning"]
+        cmd = [
+            python,
+            "-m",
+            "uvicorn",
+            app,
+            *common,
+            "--http",
+            "httptools",
+            "--loop",
+            "uvloop",
+            "--no-access-log",
+            "--log-level",
+            "warning",
+        ]
         if websocket:
             cmd += ["--ws", "websockets-sansio"]
     elif name == "granian":
-        cmd = [python, "-m", "granian", "--interface", "asgi", *common, "--workers", "1",
-               "--loop", "uvloop", "--no-access-log", "--log-level", "warning", app]
+        cmd = [
+            python,
+            "-m",
+            "granian",
+            "--interface",
+            "asgi",
+            *common,
+            "--workers",
+            "1",
+            "--loop",
+            "uvloop",
+            "--no-access-log",
+            "--log-level",
+            "warning",
+            app,
+        ]
     else:
         raise ValueError(f"unknown server {name!r}")
     if idle_connections and name in ("aserve", "aserve-py", "uvicorn"):
@@ -82,14 +108,21 @@ def _server_env(name):
 def start_server(name, app, *, core=0, websocket=False, idle_connections=0, timeout=10.0):
     """Start a server pinned to `core` and wait until it answers HTTP; raise ServerError."""
     port = free_port()
-    command = server_command(name, app, port, websocket=websocket,
-                             idle_connections=idle_connections)
+    command = server_command(
+        name, app, port, websocket=websocket, idle_connections=idle_connections
+    )
     cmd = ["taskset", "-c", str(core), *command]
     fd, log_name = tempfile.mkstemp(prefix=f"bench-{name}-", suffix=".log")
     with os.fdopen(fd, "wb") as log:
-        process = subprocess.Popen(cmd, cwd=REPO_ROOT, env=_server_env(name),
-                                   stdin=subprocess.DEVNULL, stdout=log,
-                                   stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(
+            cmd,
+            cwd=REPO_ROOT,
+            env=_server_env(name),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     server = RunningServer(name, app, port, process, Path(log_name))
     try:
         wait_until_ready(server, timeout)
@@ -116,13 +149,16 @@ def wait_until_ready(server, timeout):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if server.process.poll() is not None:
-            raise ServerError(f"{server.name} exited with code {server.process.returncode}"
-                              f"{log_tail(server.log_path)}")
+            raise ServerError(
+                f"{server.name} exited with code {server.process.returncode}"
+                f"{log_tail(server.log_path)}"
+            )
         if _answers_http(server.port):
             return
         time.sleep(0.1)
-    raise ServerError(f"{server.name} did not answer within {timeout:.0f}s"
-                      f"{log_tail(server.log_path)}")
+    raise ServerError(
+        f"{server.name} did not answer within {timeout:.0f}s{log_tail(server.log_path)}"
+    )
 
 
 def log_tail(path, lines=15):

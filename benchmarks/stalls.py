@@ -66,8 +66,14 @@ class StallProbe:
             wall, cpu = time.monotonic(), time.process_time()
             late = wall - state["wall"] - TICK
             if late > STALL:
-                self._write({"kind": "stall", "at": wall, "late_ms": late * 1e3,
-                             "cpu_ms": (cpu - state["cpu"]) * 1e3})
+                self._write(
+                    {
+                        "kind": "stall",
+                        "at": wall,
+                        "late_ms": late * 1e3,
+                        "cpu_ms": (cpu - state["cpu"]) * 1e3,
+                    }
+                )
             state["wall"], state["cpu"] = wall, cpu
             loop.call_later(TICK, tick)
 
@@ -78,8 +84,14 @@ class StallProbe:
             self.gc_start = time.monotonic()
         else:
             now = time.monotonic()
-            self._write({"kind": "gc", "at": now, "generation": info["generation"],
-                         "ms": (now - self.gc_start) * 1e3})
+            self._write(
+                {
+                    "kind": "gc",
+                    "at": now,
+                    "generation": info["generation"],
+                    "ms": (now - self.gc_start) * 1e3,
+                }
+            )
 
     def _write(self, record):
         self.log.write(json.dumps(record) + "\n")
@@ -133,9 +145,13 @@ def main(argv=None):
     parser.add_argument("--runs", type=int, default=8)
     parser.add_argument("--duration", type=int, default=5)
     parser.add_argument("--connections", type=int, default=64)
-    parser.add_argument("--load-probe", choices=("on", "off", "alternate"), default="alternate",
-                        help="run the load-core probe in every run, none, or every other run "
-                             "(it keeps the load core from idling, which is itself a test)")
+    parser.add_argument(
+        "--load-probe",
+        choices=("on", "off", "alternate"),
+        default="alternate",
+        help="run the load-core probe in every run, none, or every other run "
+        "(it keeps the load core from idling, which is itself a test)",
+    )
     args = parser.parse_args(argv)
     os.sched_setaffinity(0, {1})
     raise_nofile_limit(4096)
@@ -150,15 +166,25 @@ def main(argv=None):
             url = f"http://127.0.0.1:{server.port}/items/42?q=hello"
             run_wrk(url, connections=args.connections, duration=1, core=1)  # warm-up
             for run in range(1, args.runs + 1):
-                probing = args.load_probe == "on" or (args.load_probe == "alternate"
-                                                      and run % 2 == 0)
+                probing = args.load_probe == "on" or (
+                    args.load_probe == "alternate" and run % 2 == 0
+                )
                 probe = subprocess.Popen(
-                    ["taskset", "-c", "1", sys.executable, "-c", LOAD_PROBE,
-                     str(args.duration if probing else 0)], stdout=subprocess.PIPE, text=True)
+                    [
+                        "taskset",
+                        "-c",
+                        "1",
+                        sys.executable,
+                        "-c",
+                        LOAD_PROBE,
+                        str(args.duration if probing else 0),
+                    ],
+                    stdout=subprocess.PIPE,
+                    text=True,
+                )
                 steal_before = _steal_ms()
                 begin = time.monotonic()
-                result = run_wrk(url, connections=args.connections, duration=args.duration,
-                                 core=1)
+                result = run_wrk(url, connections=args.connections, duration=args.duration, core=1)
                 end = time.monotonic()
                 steal = {cpu: round(ms - steal_before[cpu]) for cpu, ms in _steal_ms().items()}
                 load_stalls = json.loads(probe.communicate(timeout=30)[0] or "[]")
@@ -166,28 +192,35 @@ def main(argv=None):
                 stalls = [r for r in records if r["kind"] == "stall"]
                 gcs = [r for r in records if r["kind"] == "gc"]
                 worst = max(stalls, key=lambda r: r["late_ms"], default=None)
-                rows.append({
-                    "run": run, "rps": result["value"], "p99_ms": result["p99_ms"],
-                    "stalls": len(stalls),
-                    "worst_stall_ms": worst["late_ms"] if worst else 0.0,
-                    "worst_stall_cpu_ms": worst["cpu_ms"] if worst else 0.0,
-                    "cpu_less_stall_ms": sum(r["late_ms"] for r in stalls
-                                             if r["cpu_ms"] < 0.5 * r["late_ms"]),
-                    "gc_passes": len(gcs),
-                    "gc_max_ms": max((r["ms"] for r in gcs), default=0.0),
-                    "load_probe": probing,
-                    "load_core_stalls_ms": load_stalls,
-                    "steal_ms": steal,
-                })
+                rows.append(
+                    {
+                        "run": run,
+                        "rps": result["value"],
+                        "p99_ms": result["p99_ms"],
+                        "stalls": len(stalls),
+                        "worst_stall_ms": worst["late_ms"] if worst else 0.0,
+                        "worst_stall_cpu_ms": worst["cpu_ms"] if worst else 0.0,
+                        "cpu_less_stall_ms": sum(
+                            r["late_ms"] for r in stalls if r["cpu_ms"] < 0.5 * r["late_ms"]
+                        ),
+                        "gc_passes": len(gcs),
+                        "gc_max_ms": max((r["ms"] for r in gcs), default=0.0),
+                        "load_probe": probing,
+                        "load_core_stalls_ms": load_stalls,
+                        "steal_ms": steal,
+                    }
+                )
                 row = rows[-1]
-                print(f"{name:8} run {run}: {row['rps']:8,.0f} req/s  p99 {row['p99_ms']:7.1f} ms"
-                      f"  stalls {row['stalls']:3}  worst {row['worst_stall_ms']:6.1f} ms"
-                      f" (cpu {row['worst_stall_cpu_ms']:5.1f})"
-                      f"  cpu-less {row['cpu_less_stall_ms']:6.1f} ms"
-                      f"  gc {row['gc_passes']} (max {row['gc_max_ms']:.1f} ms)"
-                      f"  load probe {'on ' if probing else 'off'}"
-                      f" (stalls {sorted(load_stalls)[-3:]} ms)  steal {steal} ms",
-                      flush=True)
+                print(
+                    f"{name:8} run {run}: {row['rps']:8,.0f} req/s  p99 {row['p99_ms']:7.1f} ms"
+                    f"  stalls {row['stalls']:3}  worst {row['worst_stall_ms']:6.1f} ms"
+                    f" (cpu {row['worst_stall_cpu_ms']:5.1f})"
+                    f"  cpu-less {row['cpu_less_stall_ms']:6.1f} ms"
+                    f"  gc {row['gc_passes']} (max {row['gc_max_ms']:.1f} ms)"
+                    f"  load probe {'on ' if probing else 'off'}"
+                    f" (stalls {sorted(load_stalls)[-3:]} ms)  steal {steal} ms",
+                    flush=True,
+                )
         finally:
             stop_server(server)
             log.unlink(missing_ok=True)
@@ -196,9 +229,11 @@ def main(argv=None):
         for probing in (False, True):
             p99 = [r["p99_ms"] for r in rows if r["load_probe"] == probing]
             if p99:
-                print(f"{name} (load probe {'on' if probing else 'off'}): p99 median "
-                      f"{statistics.median(p99):.1f} ms, max {max(p99):.1f} ms, "
-                      f"runs over 100 ms: {sum(p > 100 for p in p99)} of {len(p99)}")
+                print(
+                    f"{name} (load probe {'on' if probing else 'off'}): p99 median "
+                    f"{statistics.median(p99):.1f} ms, max {max(p99):.1f} ms, "
+                    f"runs over 100 ms: {sum(p > 100 for p in p99)} of {len(p99)}"
+                )
 
 
 if __name__ != "__main__" and os.environ.get(LOG_ENV):

@@ -32,13 +32,20 @@ class Workload:
 
 HELLO = "benchmarks.apps:hello"
 WORKLOADS = (
-    Workload("memory-idle", HELLO, "memory", connections=5000, unit="KiB/conn",
-             higher_is_better=False),
+    Workload(
+        "memory-idle", HELLO, "memory", connections=5000, unit="KiB/conn", higher_is_better=False
+    ),
     Workload("hello-64", HELLO, "http", connections=64),
     Workload("hello-256", HELLO, "http", connections=256),
     Workload("hello-1024", HELLO, "http", connections=1024),
-    Workload("pipeline-16", HELLO, "http", script="pipeline.lua",
-             script_args=(PIPELINE_DEPTH,), latency=False),
+    Workload(
+        "pipeline-16",
+        HELLO,
+        "http",
+        script="pipeline.lua",
+        script_args=(PIPELINE_DEPTH,),
+        latency=False,
+    ),
     Workload("json", "benchmarks.apps:json_app", "http"),
     Workload("stream-64k", "benchmarks.apps:stream", "http"),
     Workload("upload-1m", "benchmarks.apps:upload", "http", script="upload.lua"),
@@ -81,5 +88,8 @@ def check_response(workload, port):
         good = response.status == 200 and is_ok(body)
     except ValueError:
         good = False
-    return None if good else f"bad response (want 200 + {description}): " \
-                             f"{response.status} {body[:80]!r}"
+    return (
+        None
+        if good
+        else f"bad response (want 200 + {description}): {response.status} {body[:80]!r}"
+    )

@@ -10,8 +10,21 @@ _LATENCY = r"\s+([\d.]+)(us|ms|s|m|h)"
 
 
 def wrk_command(url, *, connections, duration, core=1, script=None, script_args=()):
-    cmd = ["taskset", "-c", str(core), "wrk", "--threads", "1", "--connections", str(connections),
-           "--duration", f"{duration}s", "--timeout", "5s", "--latency"]
+    cmd = [
+        "taskset",
+        "-c",
+        str(core),
+        "wrk",
+        "--threads",
+        "1",
+        "--connections",
+        str(connections),
+        "--duration",
+        f"{duration}s",
+        "--timeout",
+        "5s",
+        "--latency",
+    ]
     if script:
         cmd += ["--script", str(LUA_DIR / script)]
     cmd.append(url)
@@ -23,8 +36,9 @@ def wrk_command(url, *, connections, duration, core=1, script=None, script_args=
 def run_wrk(url, **options):
     """Run wrk for a fixed time and return the parsed result dict (raises RuntimeError)."""
     cmd = wrk_command(url, **options)
-    done = subprocess.run(cmd, capture_output=True, text=True, check=False,
-                          timeout=options["duration"] + 60)
+    done = subprocess.run(
+        cmd, capture_output=True, text=True, check=False, timeout=options["duration"] + 60
+    )
     if done.returncode != 0:
         output = (done.stderr or done.stdout).strip()[-300:]
         raise RuntimeError(f"wrk failed ({done.returncode}): {output}")
@@ -47,8 +61,9 @@ def parse_wrk(text):
             result[key] = _to_ms(*match.groups())
     total = re.search(r"(\d+) requests in", text)
     result["requests"] = int(total.group(1)) if total else 0
-    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)",
-                       text)
+    errors = re.search(
+        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text
+    )
     names = ("connect", "read", "write", "timeout")
     result["errors"] = dict(zip(names, map(int, errors.groups()), strict=True)) if errors else {}
     non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", text)

@@ -42,9 +42,13 @@ class EchoClient(asyncio.Protocol):
     def connection_made(self, transport):
         self.transport = transport
         key = base64.b64encode(os.urandom(16)).decode()
-        transport.write((f"GET / HTTP/1.1\r\nHost: {HOST}:{self.port}\r\nUpgrade: websocket\r\n"
-                         f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-                         "Sec-WebSocket-Version: 13\r\n\r\n").encode())
+        transport.write(
+            (
+                f"GET / HTTP/1.1\r\nHost: {HOST}:{self.port}\r\nUpgrade: websocket\r\n"
+                f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                "Sec-WebSocket-Version: 13\r\n\r\n"
+            ).encode()
+        )
 
     def data_received(self, data):
         buffer = self.buffer + data
@@ -100,13 +104,19 @@ async def echo_loop(port, measure_from, stop_at):
 async def run_load(port, connections, duration, warmup):
     measure_from = time.monotonic() + warmup
     stop_at = measure_from + duration
-    results = await asyncio.gather(*(echo_loop(port, measure_from, stop_at)
-                                     for _ in range(connections)), return_exceptions=True)
+    results = await asyncio.gather(
+        *(echo_loop(port, measure_from, stop_at) for _ in range(connections)),
+        return_exceptions=True,
+    )
     counts = [r for r in results if isinstance(r, int)]
     failures = [repr(r) for r in results if not isinstance(r, int)]
-    return {"value": sum(counts) / duration, "messages": sum(counts),
-            "connections_ok": len(counts), "errors": {"failed": len(failures)},
-            "first_error": failures[0] if failures else None}
+    return {
+        "value": sum(counts) / duration,
+        "messages": sum(counts),
+        "connections_ok": len(counts),
+        "errors": {"failed": len(failures)},
+        "first_error": failures[0] if failures else None,
+    }
 
 
 def _run(coroutine):

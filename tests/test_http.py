@@ -210,13 +210,17 @@ POST_11_BODY_LOOKS_LIKE_A_LINE = (
         ([b"GE", b"T /b HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"], ["1.0"]),
         # The head split after the request line, the next read with a version where this
         # request line would have its own.
-        ([b"GET /b HTTP/1.0\r\nConnection: keep-alive\r\nX: a", b"bcdefg HTTP/1.1\r\n\r\n"],
-         ["1.0"]),
+        (
+            [b"GET /b HTTP/1.0\r\nConnection: keep-alive\r\nX: a", b"bcdefg HTTP/1.1\r\n\r\n"],
+            ["1.0"],
+        ),
         # A body whose bytes end like a request line, then a request in the same read.
         ([b"".join(POST_11_BODY_LOOKS_LIKE_A_LINE) + GET_10], ["1.1", "1.0"]),
         # ... and with the body's end arriving in the read that carries the next request.
-        ([POST_11_BODY_LOOKS_LIKE_A_LINE[0], POST_11_BODY_LOOKS_LIKE_A_LINE[1] + GET_10],
-         ["1.1", "1.0"]),
+        (
+            [POST_11_BODY_LOOKS_LIKE_A_LINE[0], POST_11_BODY_LOOKS_LIKE_A_LINE[1] + GET_10],
+            ["1.1", "1.0"],
+        ),
     ],
 )
 def test_http_version_of_each_request(sends, versions):

@@ -28,9 +28,7 @@ _CoroutineType: Final = types.CoroutineType
 # about 200 instructions each time).
 _copy_context: Final = contextvars.Context.copy
 task_done: Final[Callable[[asyncio.Task[Any]], bool]] = asyncio.Task.done
-task_exception: Final[Callable[[asyncio.Task[Any]], BaseException | None]] = (
-    asyncio.Task.exception
-)
+task_exception: Final[Callable[[asyncio.Task[Any]], BaseException | None]] = asyncio.Task.exception
 
 
 def start_app(

@@ -65,9 +65,7 @@ _ASGI: Final[dict[str, str]] = {"version": ASGI_VERSION, "spec_version": HTTP_SP
 
 # `name.translate(_LOWERCASE)` is `name.lower()`; compiled, it is a loop in C instead of a
 # method call, and a name already in lowercase comes back as the same object.
-_LOWERCASE: Final = bytes.maketrans(
-    b"ABCDEFGHIJKLMNOPQRSTUVWXYZ", b"abcdefghijklmnopqrstuvwxyz"
-)
+_LOWERCASE: Final = bytes.maketrans(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ", b"abcdefghijklmnopqrstuvwxyz")
 
 _CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
 _CHUNKED: Final = b"transfer-encoding: chunked\r\n"
@@ -581,7 +579,7 @@ class HttpProtocol(asyncio.Protocol):
             self.pause_reading(_PAUSED_FOR_PIPELINE)
 
     def _http_version(self, version_at: int) -> str:
-        """"1.1" or "1.0" (llhttp refuses other versions), for the head just parsed.
+        """ "1.1" or "1.0" (llhttp refuses other versions), for the head just parsed.
 
         httptools' `get_http_version()` formats its answer with `str.format`, about 2k
         instructions a request. For the first message of a chunk that began between messages,
@@ -843,4 +841,3 @@ def _split_target(target: bytes, method: str) -> tuple[bytes, bytes]:
     except httptools.HttpParserInvalidURLError:
         raise httptools.HttpParserError("invalid request target") from None
     return url.path or b"/", url.query or b""
-
