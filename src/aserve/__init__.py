@@ -5,7 +5,10 @@ from aserve import _build
 _build.select()  # before anything imports the hot path (ASERVE_NO_EXTENSIONS)
 
 from aserve.config import Config  # noqa: E402
+from aserve.errors import ConfigError  # noqa: E402
 from aserve.server import Server, serve  # noqa: E402
 
+run = serve  # uvicorn's name for the blocking entry point: `aserve.run(app, port=8000)`
+
 __version__ = "0.1.0"
-__all__ = ["Config", "Server", "__version__", "serve"]
+__all__ = ["Config", "ConfigError", "Server", "__version__", "run", "serve"]

@@ -10,10 +10,12 @@ import os
 import re
 import string
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Any, Literal
 
+from aserve.errors import ConfigError
 from aserve.logging import ACCESS_LOG_FIELDS
+from aserve.proxy import parse_trusted
 
 LoopSetting = Literal["auto", "asyncio", "uvloop"]
 LifespanSetting = Literal["auto", "on", "off"]
@@ -28,18 +30,16 @@ LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 DEFAULT_TIMEOUT_KEEP_ALIVE = 65.0
 
 
-class ConfigError(ValueError):
-    """A setting is invalid. The message is one line that names the setting."""
-
-
-@dataclass(kw_only=True)
+@dataclass
 class Config:
     """Everything the server needs to know, checked once at construction.
 
-    Names and defaults follow uvicorn's where they mean the same, so switching is one word.
+    Names and defaults follow uvicorn's where they mean the same, so switching is one word:
+    `Config(app, port=8000)`, the app first and positional, every other setting by keyword.
     """
 
     app: Any
+    _: KW_ONLY
     host: str = "127.0.0.1"
     port: int = 8000
     uds: str | None = None
@@ -110,9 +110,7 @@ class Config:
         self.headers = [_check_header(name, value) for name, value in self.headers]
         if self.access_log_format is not None:
             check_access_log_format(self.access_log_format)
-        from aserve.proxy import parse_trusted  # validates the list, one error line per bad entry
-
-        parse_trusted(self.forwarded_allow_ips)
+        parse_trusted(self.forwarded_allow_ips)  # one error line per bad entry
 
     @property
     def bind_description(self) -> str:

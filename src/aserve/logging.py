@@ -104,17 +104,22 @@ def configure_logging(
     else:
         _load_log_config_file(os.fspath(log_config))
     if log_level is not None:
-        level = LEVELS[log_level.lower()] if isinstance(log_level, str) else log_level
-        for name in ("aserve", "aserve.error", "aserve.access"):
-            logging.getLogger(name).setLevel(level)
+        set_log_level(log_level)
     if not access_log:
         access = logging.getLogger("aserve.access")
         access.handlers = []
         access.propagate = False
 
 
+def set_log_level(log_level: str | int) -> None:
+    """The level of aserve's loggers, by name (`"debug"`) or number."""
+    level = LEVELS[log_level.lower()] if isinstance(log_level, str) else log_level
+    for name in ("aserve", "aserve.error", "aserve.access"):
+        logging.getLogger(name).setLevel(level)
+
+
 def _load_log_config_file(path: str) -> None:
-    from aserve.config import ConfigError
+    from aserve.errors import ConfigError
 
     if not os.path.exists(path):
         raise ConfigError(f"log config file {path!r} does not exist")

@@ -9,6 +9,8 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Sequence
 
+from aserve.errors import ConfigError
+
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
@@ -62,8 +64,6 @@ class TrustedProxies:
 
 
 def parse_trusted(value: str | Sequence[str] | None) -> TrustedProxies:
-    from aserve.config import ConfigError
-
     if value is None:
         entries: list[str] = []
     elif isinstance(value, str):

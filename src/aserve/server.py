@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import logging
 import os
 import signal
 import socket
@@ -21,7 +22,7 @@ from aserve.config import Config
 from aserve.importer import load_app
 from aserve.lifespan import Lifespan, LifespanFailure
 from aserve.listener import Listener
-from aserve.logging import configure_logging, error_logger
+from aserve.logging import configure_logging, error_logger, set_log_level
 from aserve.protocols.http import HttpProtocol
 from aserve.sockets import bind_socket
 from aserve.state import ServerState
@@ -53,8 +54,13 @@ class Server:
     def stop(self) -> None:
         self.should_exit = True
 
+    def run(self, sockets: list[socket.socket] | None = None) -> None:
+        """Blocking: serve in a new event loop (the config's `loop`) until stopped."""
+        run(self.serve(sockets), loop=self.config.loop)
+
     async def serve(self, sockets: list[socket.socket] | None = None) -> None:
-        with self._capture_signals():
+        self._set_up_logging()
+        with self.capture_signals():
             await self._serve(sockets)
 
     async def _serve(self, sockets: list[socket.socket] | None) -> None:
@@ -96,6 +102,23 @@ class Server:
             await self._main_loop()
         finally:
             await self.shutdown()
+
+    def _set_up_logging(self) -> None:
+        """As uvicorn's embedding API does, unless the process has its own logging set up.
+
+        aserve's default config (or the config's `log_config`) is applied when nothing is
+        configured yet, so an embedded server prints what the CLI prints. A process that set up
+        logging itself (root handlers: `basicConfig`, a framework, pytest) keeps it, and aserve's
+        records reach it through the root logger; only `log_level` applies then.
+        """
+        config = self.config
+        if logging.getLogger("aserve").handlers:  # the CLI, `aserve.run` or the app did it
+            pass
+        elif config.log_config is not None or not logging.getLogger().handlers:
+            configure_logging(config.log_config, config.log_level, config.access_log)
+            return
+        if config.log_level is not None:
+            set_log_level(config.log_level)
 
     def _log_started(self) -> None:
         config = self.config
@@ -167,12 +190,13 @@ class Server:
             await asyncio.wait(list(state.tasks), timeout=1.0)
 
     @contextlib.contextmanager
-    def _capture_signals(self) -> Iterator[None]:
+    def capture_signals(self) -> Iterator[None]:
+        """SIGINT/SIGTERM stop the server while it serves (main thread only), as with uvicorn."""
         if threading.current_thread() is not threading.main_thread():
             yield
             return
         previous = {
-            sig: signal.signal(sig, self._handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)
+            sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)
         }
         try:
             yield
@@ -180,7 +204,7 @@ class Server:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
 
-    def _handle_exit(self, sig: int, frame: Any) -> None:
+    def handle_exit(self, sig: int, frame: Any) -> None:
         if self.should_exit and sig == signal.SIGINT:
             self.force_exit = True
         self.should_exit = True
@@ -193,7 +217,7 @@ def loop_factory(setting: str) -> Callable[[], asyncio.AbstractEventLoop]:
             import uvloop
         except ImportError:
             if setting == "uvloop":
-                from aserve.config import ConfigError
+                from aserve.errors import ConfigError
 
                 raise ConfigError(
                     "loop 'uvloop' was asked for but uvloop is not installed"
@@ -214,7 +238,6 @@ def serve(app: Any, **options: Any) -> None:
     Options are `Config`'s fields. Raises `ConfigError` (or `AppLoadError`, `LifespanFailure`)
     with a one-line message when the server cannot start.
     """
-    config = Config(app=app, **options)
+    config = Config(app, **options)
     configure_logging(config.log_config, config.log_level, config.access_log)
-    server = Server(config)
-    run(server.serve(), loop=config.loop)
+    Server(config).run()

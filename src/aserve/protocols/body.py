@@ -9,14 +9,39 @@ passes it on as asyncio does.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import asyncio
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from aserve.asgi import Message
-    from aserve.protocols.http import RequestCycle
 
 
-async def receive_body(cycle: RequestCycle) -> Message:
+class _Loop(Protocol):
+    loop: asyncio.AbstractEventLoop
+
+
+class BodySource(Protocol):
+    """What `receive_body` needs of a request cycle (`protocols.http.RequestCycle` has it).
+
+    Typed structurally so that this module does not import the one that imports it.
+    """
+
+    disconnected: bool
+    complete: bool
+    chunks: Any
+    body_done: bool
+    delivered: bool
+    waiter: asyncio.Future[None] | None
+
+    @property
+    def conn(self) -> _Loop: ...
+
+    def take_body(self) -> Message: ...
+
+    def ask_for_body(self) -> None: ...
+
+
+async def receive_body(cycle: BodySource) -> Message:
     """The next `http.request` message, or `http.disconnect` once there is nothing more."""
     while True:
         if cycle.disconnected or cycle.complete:
