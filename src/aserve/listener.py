@@ -50,6 +50,7 @@ class Listener:
         self._pending: set[asyncio.Task[Any]] = set()  # connections being handed to the loop
         self._retry: asyncio.TimerHandle | None = None
         self._serving = False
+        self._exhausted = False  # out of descriptors: said once, until an accept succeeds
 
     def start(self) -> None:
         self._sock.listen(self._backlog)  # an inherited socket (--fd) may not listen yet
@@ -81,6 +82,9 @@ class Listener:
                     return
                 error_logger.warning("accept() failed: %s", exc)  # that connection only
                 continue
+            if self._exhausted:
+                self._exhausted = False
+                error_logger.warning("Accepting connections again")
             self._connect(conn)
 
     def _connect(self, conn: socket.socket) -> None:
@@ -101,11 +105,14 @@ class Listener:
             error_logger.error("Could not set up an accepted connection: %s", exc)
 
     def _pause(self, exc: OSError) -> None:
-        error_logger.error(
-            "accept() failed: %s; not accepting connections for %ss",
-            exc.strerror,
-            ACCEPT_RETRY_DELAY,
-        )
+        # One line per episode, not one per retry: at the limit for an hour would be 7,200.
+        if not self._exhausted:
+            self._exhausted = True
+            error_logger.error(
+                "accept() failed: %s; connections wait in the backlog, retrying every %ss",
+                exc.strerror,
+                ACCEPT_RETRY_DELAY,
+            )
         if self._serving:
             self._serving = False
             self._loop.remove_reader(self._sock.fileno())
