@@ -128,20 +128,20 @@ def test_config_defaults_follow_uvicorn_where_they_mean_the_same():
 
 
 def test_env_file(tmp_path, monkeypatch):
-    monkeypatch.setenv("ASERVE_KEEP", "from environment")
+    monkeypatch.setenv("ENVFILE_KEEP", "from environment")
     env = tmp_path / ".env"
     env.write_text(
-        "# a comment\n\nASERVE_A=1\nexport ASERVE_B = 'two words'\nASERVE_C=\"x\" \n"
-        "ASERVE_D=value # trailing comment\nASERVE_KEEP=from file\n"
+        "# a comment\n\nENVFILE_A=1\nexport ENVFILE_B = 'two words'\nENVFILE_C=\"x\" \n"
+        "ENVFILE_D=value # trailing comment\nENVFILE_KEEP=from file\n"
     )
-    for key in ("ASERVE_A", "ASERVE_B", "ASERVE_C", "ASERVE_D"):
+    for key in ("ENVFILE_A", "ENVFILE_B", "ENVFILE_C", "ENVFILE_D"):
         monkeypatch.delenv(key, raising=False)
     load_env_file(env)
-    assert os.environ["ASERVE_A"] == "1"
-    assert os.environ["ASERVE_B"] == "two words"
-    assert os.environ["ASERVE_C"] == "x"
-    assert os.environ["ASERVE_D"] == "value"
-    assert os.environ["ASERVE_KEEP"] == "from environment"
+    assert os.environ["ENVFILE_A"] == "1"
+    assert os.environ["ENVFILE_B"] == "two words"
+    assert os.environ["ENVFILE_C"] == "x"
+    assert os.environ["ENVFILE_D"] == "value"
+    assert os.environ["ENVFILE_KEEP"] == "from environment"
     (tmp_path / "bad.env").write_text("NOT A PAIR\n")
     with pytest.raises(ConfigError, match="line 1: expected KEY=VALUE"):
         load_env_file(tmp_path / "bad.env")

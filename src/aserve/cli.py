@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import os
 import sys
 from typing import Any
 
 import click
+from click.core import ParameterSource
 
 from aserve import __version__
 from aserve.config import DEFAULT_TIMEOUT_KEEP_ALIVE, LOG_LEVELS, ConfigError, parse_header_option
@@ -25,7 +28,7 @@ def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> 
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.argument("app")
+@click.argument("app", required=False)
 @click.option("--host", default="127.0.0.1", show_default=True, help="Bind socket to this host.")
 @click.option(
     "--port",
@@ -193,6 +196,14 @@ def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> 
     default="",
     help="Look for APP in this directory (added to sys.path). Default: the current directory.",
 )
+# -- settings from the environment and pyproject.toml (settings.py) --
+@click.option(
+    "--print-config",
+    is_flag=True,
+    default=False,
+    help="Show the effective settings and where each came from (flag, env, file, default), "
+    "then exit.",
+)
 @click.option(
     "--version",
     is_flag=True,
@@ -201,25 +212,94 @@ def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> 
     is_eager=True,
     help="Show the version and exit.",
 )
-def cli(app: str, headers: tuple[str, ...], app_dir: str, **options: Any) -> None:
-    """Serve APP, given as "module:attribute" (for example "main:app")."""
+def cli(
+    app: str | None, headers: tuple[str, ...], app_dir: str, print_config: bool, **options: Any
+) -> None:
+    """Serve APP, given as "module:attribute" (for example "main:app").
+
+    Every option can also come from an ASERVE_* environment variable (ASERVE_PORT=8080) or from
+    [tool.aserve] in ./pyproject.toml (port = 8080); flags win over the environment, which wins
+    over the file.
+    """
     from aserve.lifespan import LifespanFailure
     from aserve.server import serve
 
-    for name in ("ws_ping_interval", "ws_ping_timeout"):
-        if options[name] == 0:
-            options[name] = None
     try:
-        serve(
-            app,
+        options, sources = _settings(
+            app=app,
             headers=[parse_header_option(header) for header in headers],
             app_dir=app_dir or ".",
             **options,
         )
+        if print_config:
+            _print_config(options, sources)
+            return
+        if options["app"] is None:
+            raise ConfigError("no APP given (the argument, ASERVE_APP or app in [tool.aserve])")
+        for name in ("ws_ping_interval", "ws_ping_timeout"):
+            if options[name] == 0:
+                options[name] = None
+        serve(**options)
     except ConfigError as exc:
         _fail(str(exc), EXIT_CONFIG_ERROR)
     except LifespanFailure as exc:
         _fail(f"application startup failed: {exc}", EXIT_STARTUP_FAILURE)
+
+
+def _settings(**options: Any) -> tuple[dict[str, Any], dict[str, str]]:
+    """The options with ASERVE_* variables and [tool.aserve] applied where no flag was given.
+
+    Returns the options and, for each, where it came from. A click parameter that read an
+    environment variable of its own (`envvar=`) counts as the environment.
+    """
+    from aserve import settings
+
+    ctx = click.get_current_context()
+    params = {param.name: param for param in ctx.command.params if param.name}
+    sources: dict[str, str] = {}
+    for name in options:
+        source = ctx.get_parameter_source(name)
+        if source is ParameterSource.COMMANDLINE:
+            sources[name] = "argument" if name == "app" else f"flag {_flag_name(params[name])}"
+        elif source is ParameterSource.ENVIRONMENT:
+            sources[name] = f"env {params[name].envvar}"
+    for name, setting in settings.load(os.environ, os.getcwd()).items():
+        own_variable = sources.get(name, "").startswith("env ")
+        if name in sources and not (
+            own_variable and setting.source.startswith(f"env {settings.ENV_PREFIX}")
+        ):
+            continue  # a flag wins; so does an ASERVE_ variable over a parameter's own (legacy) one
+        options[name] = setting.value
+        sources[name] = setting.source
+    return options, sources
+
+
+def _flag_name(param: click.Parameter) -> str:
+    return next((opt for opt in param.opts if opt.startswith("--")), param.name or "")
+
+
+def _print_config(options: dict[str, Any], sources: dict[str, str]) -> None:
+    """Every Config field with its effective value (after validation) and its source."""
+    import dataclasses
+
+    from aserve.config import Config
+
+    config = Config(**options)
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        click.echo(f"{field.name} = {_show(value)}  # {sources.get(field.name, 'default')}")
+
+
+def _show(value: Any) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_show(item) for item in value) + "]"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return json.dumps(str(value) if not isinstance(value, str) else value)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,0 +1,337 @@
+"""Settings beyond flags: ASERVE_* variables, [tool.aserve] in pyproject.toml, --print-config."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+import httpx
+import pytest
+
+from aserve import settings
+from aserve.config import Config
+from aserve.errors import ConfigError
+
+SRC = Path(__file__).parent.parent / "src" / "aserve"
+
+
+# --- every field, both ways -------------------------------------------------------------------
+
+
+# The converter's order of preference: a value that parses as a bool is one, and so on.
+def _rank(member: Any) -> int:
+    if member is bool:
+        return 0
+    if member is int:
+        return 1
+    if member is float:
+        return 2
+    if settings._is_text(member):
+        return 3
+    if settings._is_pair(member):
+        return 4
+    if settings._is_list(member):
+        return 5
+    return 99
+
+
+def sample(hint: Any) -> tuple[str, Any]:
+    """A text form for a field of type `hint`, and the value it must become."""
+    member = min(settings._members(hint), key=_rank)
+    if member is bool:
+        return "yes", True
+    if member is int:
+        return "7", 7
+    if member is float:
+        return "2.5", 2.5
+    if typing.get_origin(member) is Literal:
+        choice = typing.get_args(member)[-1]
+        return str(choice), choice
+    if settings._is_text(member):
+        return "some text", "some text"
+    if settings._is_pair(member):
+        count = len(typing.get_args(member))
+        parts = [f"p{i}" for i in range(count)]
+        return ":".join(parts), tuple(parts)
+    if settings._is_list(member):
+        text, value = sample(settings._item_type(member))
+        return f"{text}, {text}", [value, value]
+    raise AssertionError(f"a field of type {hint} cannot be set from text")
+
+
+def toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, tuple):
+        return json.dumps(":".join(value))
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_value(item) for item in value) + "]"
+    return json.dumps(value)
+
+
+FIELDS = settings.field_types()
+
+
+def test_fields_are_read_from_config():
+    # Fields added to Config later (by anyone) are picked up: the list is Config's own.
+    assert list(FIELDS) == [f for f in Config.__dataclass_fields__ if f != "_"]
+    assert {"app", "port", "root_path", "headers", "access_log"} <= set(FIELDS)
+
+
+@pytest.mark.parametrize("name", list(FIELDS))
+def test_every_field_can_be_set_from_the_environment(name):
+    text, expected = sample(FIELDS[name])
+    loaded = settings.from_environment({settings.env_name(name): text})
+    assert loaded == {name: settings.Setting(expected, f"env ASERVE_{name.upper()}")}
+
+
+@pytest.mark.parametrize("name", list(FIELDS))
+def test_every_field_can_be_set_in_pyproject(name, tmp_path):
+    _, expected = sample(FIELDS[name])
+    path = tmp_path / "pyproject.toml"
+    path.write_text(f"[project]\nname = 'x'\n\n[tool.aserve]\n{name} = {toml_value(expected)}\n")
+    assert settings.from_pyproject(path) == {name: settings.Setting(expected, f"file {path}")}
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("1", True), ("0", False), ("true", True), ("False", False), ("YES", True), ("no", False)],
+)
+def test_booleans(text, expected):
+    assert settings.from_environment({"ASERVE_ACCESS_LOG": text})["access_log"].value is expected
+
+
+def test_conversions_by_type():
+    env = {
+        "ASERVE_PORT": "8080",
+        "ASERVE_TIMEOUT_KEEP_ALIVE": "5",
+        "ASERVE_LIMIT_CONCURRENCY": "",  # empty: None, where the setting allows None
+        "ASERVE_UDS": "none",
+        "ASERVE_HEADERS": "X-A: 1, X-B:two",
+        "ASERVE_FORWARDED_ALLOW_IPS": "10.0.0.0/8,127.0.0.1",  # str | list: kept as text
+        "ASERVE_LOG_LEVEL": "debug",
+    }
+    values = {k: s.value for k, s in settings.from_environment(env).items()}
+    assert values == {
+        "port": 8080,
+        "timeout_keep_alive": 5.0,
+        "limit_concurrency": None,
+        "uds": None,
+        "headers": [("X-A", "1"), ("X-B", "two")],
+        "forwarded_allow_ips": "10.0.0.0/8,127.0.0.1",
+        "log_level": "debug",
+    }
+    assert isinstance(values["timeout_keep_alive"], float)
+    Config(app="x:y", **values)  # and Config takes them as they are
+
+
+def test_build_switches_and_other_variables_are_not_settings():
+    env = {
+        "ASERVE_NO_EXTENSIONS": "1",
+        "ASERVE_COMPILE": "0",
+        "ASERVE_TEST_MARKER": "/tmp/x",
+        "PATH": "/bin",
+        "ASERVEX": "1",
+    }
+    assert settings.from_environment(env) == {}
+
+
+def test_every_aserve_variable_in_the_source_is_a_setting_or_reserved():
+    # An ASERVE_* variable the code reads for another purpose must be in RESERVED_ENV, or a
+    # user who sets it would get "unknown environment variable".
+    root = SRC.parent.parent
+    files = [root / "setup.py", *SRC.rglob("*.py"), *(root / "benchmarks").rglob("*.py")]
+    files += (root / "tests" / "apps").rglob("*.py")
+    used = set()
+    for path in files:
+        if path.name != "settings.py":
+            used.update(re.findall(r"\bASERVE_[A-Z0-9_]+", path.read_text()))
+    fields = {settings.env_name(name) for name in FIELDS}
+    assert {key for key in used - fields if not settings.is_reserved(key)} == set()
+    assert "ASERVE_STALL_LOG" in used  # the scan reads the benchmarks
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        (
+            {"ASERVE_PROT": "1"},
+            "unknown environment variable ASERVE_PROT (did you mean ASERVE_PORT?)",
+        ),
+        ({"ASERVE_port": "1"}, "unknown environment variable ASERVE_port"),
+        ({"ASERVE_PORT": "eighty"}, "ASERVE_PORT: expected an integer, got 'eighty'"),
+        ({"ASERVE_ACCESS_LOG": "maybe"}, "ASERVE_ACCESS_LOG: expected true or false"),
+        (
+            {"ASERVE_HEADERS": "no-colon"},
+            "ASERVE_HEADERS: expected a (comma-separated) list of NAME:VALUE",
+        ),
+    ],
+)
+def test_bad_environment_is_one_line_naming_the_variable(env, message):
+    with pytest.raises(ConfigError) as info:
+        settings.from_environment(env)
+    assert str(info.value).startswith(message)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ("root_pth = '/x'", "[tool.aserve]: unknown key 'root_pth' (did you mean root_path?)"),
+        ("port = 'eighty'", "port in "),
+        ("access_log = 3", "access_log in "),
+        ("port = true", "port in "),
+        ("port = [", "is not valid TOML"),
+    ],
+)
+def test_bad_pyproject_is_one_line_naming_the_key(tmp_path, body, message):
+    path = tmp_path / "pyproject.toml"
+    path.write_text(f"[tool.aserve]\n{body}\n")
+    with pytest.raises(ConfigError) as info:
+        settings.from_pyproject(path)
+    assert message in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_no_pyproject_or_no_table_is_nothing(tmp_path):
+    assert settings.from_pyproject(tmp_path / "pyproject.toml") == {}
+    (tmp_path / "pyproject.toml").write_text("[tool.other]\nport = 1\n")
+    assert settings.from_pyproject(tmp_path / "pyproject.toml") == {}
+
+
+def test_environment_wins_over_the_file(tmp_path):
+    (tmp_path / "pyproject.toml").write_text('[tool.aserve]\nport = 1\nroot_path = "/file"\n')
+    loaded = settings.load({"ASERVE_PORT": "2"}, tmp_path)
+    assert loaded["port"].value == 2
+    assert loaded["root_path"].value == "/file"
+
+
+def test_legacy_variable_counts_as_environment_but_aserve_wins(tmp_path):
+    (tmp_path / "pyproject.toml").write_text('[tool.aserve]\nforwarded_allow_ips = "1.1.1.1"\n')
+    legacy = {"FORWARDED_ALLOW_IPS": "2.2.2.2"}
+    assert settings.load(legacy, tmp_path)["forwarded_allow_ips"].value == "2.2.2.2"
+    both = {**legacy, "ASERVE_FORWARDED_ALLOW_IPS": "3.3.3.3"}
+    assert settings.load(both, tmp_path)["forwarded_allow_ips"].value == "3.3.3.3"
+
+
+# --- the CLI: precedence, --print-config, a real server ---------------------------------------
+
+
+def aserve(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 30):
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("ASERVE_")}
+    clean.pop("FORWARDED_ALLOW_IPS", None)
+    for key in ("ASERVE_NO_EXTENSIONS", "ASERVE_REQUIRE_COMPILED"):
+        if key in os.environ:
+            clean[key] = os.environ[key]
+    return subprocess.run(
+        [sys.executable, "-m", "aserve", *args],
+        cwd=cwd,
+        env={**clean, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def printed(result: subprocess.CompletedProcess[str]) -> dict[str, tuple[str, str]]:
+    assert result.returncode == 0, result.stderr
+    lines = {}
+    for line in result.stdout.splitlines():
+        name, _, rest = line.partition(" = ")
+        value, _, source = rest.rpartition("  # ")
+        lines[name] = (value, source)
+    return lines
+
+
+def test_print_config_shows_every_field_with_its_source(tmp_path):
+    (tmp_path / "pyproject.toml").write_text(
+        '[tool.aserve]\napp = "main:app"\nroot_path = "/file"\nport = 1\nbacklog = 10\n'
+    )
+    result = aserve(
+        "--print-config",
+        "--port",
+        "3",
+        cwd=tmp_path,
+        env={"ASERVE_PORT": "2", "ASERVE_ROOT_PATH": "/env", "FORWARDED_ALLOW_IPS": "10.0.0.1"},
+    )
+    lines = printed(result)
+    assert list(lines) == list(FIELDS)
+    assert lines["port"] == ("3", "flag --port")
+    assert lines["root_path"] == ('"/env"', "env ASERVE_ROOT_PATH")
+    assert lines["backlog"] == ("10", f"file {tmp_path / 'pyproject.toml'}")
+    assert lines["app"] == ('"main:app"', f"file {tmp_path / 'pyproject.toml'}")
+    assert lines["forwarded_allow_ips"] == ('"10.0.0.1"', "env FORWARDED_ALLOW_IPS")
+    assert lines["host"] == ('"127.0.0.1"', "default")
+
+
+def test_print_config_validates(tmp_path):
+    result = aserve("x:y", "--print-config", cwd=tmp_path, env={"ASERVE_ROOT_PATH": "api"})
+    assert result.returncode == 1
+    assert result.stderr.strip() == "Error: root_path must start with '/', got 'api'"
+
+
+@pytest.mark.parametrize(
+    ("env", "file", "error"),
+    [
+        ({"ASERVE_PROT": "1"}, "", "Error: unknown environment variable ASERVE_PROT"),
+        ({}, "prot = 1", "Error: " + "{path} [tool.aserve]: unknown key 'prot'"),
+        ({}, "", "Error: no APP given"),
+    ],
+)
+def test_cli_errors_are_one_line_exit_1(tmp_path, env, file, error):
+    (tmp_path / "pyproject.toml").write_text(f"[tool.aserve]\n{file}\n")
+    result = aserve(cwd=tmp_path, env=env)
+    assert result.returncode == 1
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert result.stderr.startswith(error.format(path=tmp_path / "pyproject.toml"))
+
+
+APP = """
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    body = f"{scope['root_path']}|{scope['path']}".encode()
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": body})
+"""
+
+
+def test_a_server_configured_by_file_and_environment(tmp_path):
+    """No flags at all: the app and root_path from pyproject.toml, port and a header from env."""
+    (tmp_path / "confapp.py").write_text(APP)
+    (tmp_path / "pyproject.toml").write_text(
+        '[tool.aserve]\napp = "confapp:app"\nroot_path = "/api"\nlifespan = "off"\n'
+    )
+    env = {"ASERVE_PORT": "0", "ASERVE_HEADERS": "X-From:env", "ASERVE_ACCESS_LOG": "0"}
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("ASERVE_")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "aserve"],
+        cwd=tmp_path,
+        env={**clean, **env},
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stderr is not None
+    try:
+        lines = []
+        for line in proc.stderr:
+            lines.append(line)
+            match = re.search(r"running on http://127\.0\.0\.1:(\d+)", line)
+            if match:
+                break
+        else:
+            raise AssertionError("".join(lines))
+        response = httpx.get(f"http://127.0.0.1:{match.group(1)}/items", timeout=10)
+        assert response.text == "/api|/api/items"
+        assert response.headers["x-from"] == "env"
+    finally:
+        proc.terminate()
+        assert proc.wait(15) == 0
