@@ -18,13 +18,14 @@ import time
 from collections.abc import Callable, Coroutine, Iterator
 from typing import Any
 
+from aserve import systemd
 from aserve.config import Config
 from aserve.importer import load_app
 from aserve.lifespan import Lifespan, LifespanFailure
 from aserve.listener import Listener
 from aserve.logging import configure_logging, error_logger, set_log_level
 from aserve.protocols.http import HttpProtocol
-from aserve.sockets import bind_socket
+from aserve.sockets import bind_sockets, describe
 from aserve.state import ServerState
 
 _TICK = 0.1  # how often the main loop looks at should_exit and refreshes the Date header
@@ -35,7 +36,14 @@ class Server:
 
     Stop it with `server.stop()` (or, as with uvicorn, `server.should_exit = True`, which also
     works from another thread); `await server.serve()` then returns once shutdown is done.
+
+    Under systemd it tells the service manager READY=1 once it accepts, STOPPING=1 when it
+    begins shutting down, and pings the watchdog from its event loop, so a blocked loop is
+    noticed. A supervisor's workers set `systemd_notify = False`: the supervisor speaks for
+    the service.
     """
+
+    systemd_notify = True
 
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -45,6 +53,8 @@ class Server:
         self.state: ServerState | None = None
         self.servers: list[Listener] = []
         self._lifespan: Lifespan | None = None
+        self._from_systemd = False
+        self._unlink_on_exit: str | None = None  # a unix socket file this server created
 
     @property
     def sockets(self) -> list[socket.socket]:
@@ -69,8 +79,10 @@ class Server:
         error_logger.info("Started server process [%d]", os.getpid())
         base_context = contextvars.copy_context()
         owned = sockets is None
-        if sockets is None:
-            sockets = [bind_socket(config)]  # fail fast, before the app starts up
+        if sockets is None:  # fail fast, before the app starts up
+            sockets, self._from_systemd = bind_sockets(config)
+            if config.uds is not None and not self._from_systemd:
+                self._unlink_on_exit = config.uds
         try:
             app = load_app(config)
             lifespan_state: dict[str, Any] = {}
@@ -84,9 +96,9 @@ class Server:
             if owned:  # we bound it: do not leak the socket (or a unix socket file)
                 for sock in sockets:
                     sock.close()
-                if config.uds is not None:
+                if self._unlink_on_exit is not None:
                     with contextlib.suppress(OSError):
-                        os.unlink(config.uds)
+                        os.unlink(self._unlink_on_exit)
             raise
         if config.lifespan != "off" and not self._lifespan.unsupported:
             error_logger.info("Application startup complete.")
@@ -99,6 +111,8 @@ class Server:
                 listener.start()
             self._log_started()
             self.started = True
+            if self.systemd_notify:
+                systemd.notify("READY=1", f"STATUS=Serving on {describe(self.sockets[0])}")
             await self._main_loop()
         finally:
             await self.shutdown()
@@ -122,6 +136,10 @@ class Server:
 
     def _log_started(self) -> None:
         config = self.config
+        if self._from_systemd:
+            for sock in self.sockets:
+                error_logger.info("aserve running on %s (socket from systemd)", describe(sock))
+            return
         where = config.bind_description
         if config.uds is None and config.fd is None and self.sockets:
             port = self.sockets[0].getsockname()[1]
@@ -133,7 +151,13 @@ class Server:
         state = self.state
         assert state is not None
         second = int(time.time())
+        # Pinged from this loop, not a thread: a blocked event loop stops the pings.
+        watchdog = systemd.watchdog_period() if self.systemd_notify else None
+        next_ping = 0.0
         while not self.should_exit:
+            if watchdog is not None and time.monotonic() >= next_ping:
+                systemd.notify("WATCHDOG=1")
+                next_ping = time.monotonic() + watchdog
             await asyncio.sleep(_TICK)
             now = int(time.time())
             if now != second:
@@ -144,6 +168,8 @@ class Server:
         """Stop accepting, finish what is in flight (bounded), then run lifespan shutdown."""
         state = self.state
         if state is not None:
+            if self.systemd_notify:
+                systemd.notify("STOPPING=1")
             error_logger.info("Shutting down")
             state.shutting_down = True
             for server in self.servers:
@@ -162,9 +188,11 @@ class Server:
                 if self.config.lifespan != "off":
                     error_logger.info("Application shutdown complete.")
             self._lifespan = None
-        if self.config.uds is not None:
+        # Sockets handed in (by a supervisor, the reloader, systemd) belong to whoever bound
+        # them: their socket file stays for the next server.
+        if self._unlink_on_exit is not None:
             with contextlib.suppress(OSError):
-                os.unlink(self.config.uds)
+                os.unlink(self._unlink_on_exit)
 
     async def _drain(self, state: ServerState) -> None:
         timeout = self.config.timeout_graceful_shutdown

@@ -1,6 +1,6 @@
-"""Creating the listening socket from host/port, a unix socket path or an inherited fd.
+"""Creating the listening sockets: systemd's, or one from host/port, a unix socket path or an fd.
 
-Kept apart from the server so a supervisor can bind once and hand the socket to workers.
+Kept apart from the server so a supervisor can bind once and hand the sockets to workers.
 """
 
 from __future__ import annotations
@@ -9,7 +9,38 @@ import os
 import socket
 import stat
 
+from aserve import systemd
 from aserve.config import Config, ConfigError
+
+
+def bind_sockets(config: Config) -> tuple[list[socket.socket], bool]:
+    """The sockets to serve on, and whether they came from systemd.
+
+    Socket activation needs no flag: when `LISTEN_FDS`/`LISTEN_PID` name this process, every
+    socket systemd passed is served and host/port/uds/fd are not used. Otherwise one socket
+    from the config.
+    """
+    try:
+        passed = systemd.listen_fds()
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    if passed:
+        return passed, True
+    return [bind_socket(config)], False
+
+
+def describe(sock: socket.socket) -> str:
+    """Where a listening socket is, for the log: a URL or a unix socket path."""
+    try:
+        address = sock.getsockname()
+    except OSError:
+        return f"socket from file descriptor {sock.fileno()}"
+    if sock.family == socket.AF_UNIX:
+        if isinstance(address, bytes):  # abstract namespace
+            address = "@" + address[1:].decode(errors="replace")
+        return f"unix socket {address}"
+    host, port = address[0], address[1]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 def bind_socket(config: Config) -> socket.socket:

@@ -56,24 +56,39 @@ def watchdog_period() -> float | None:
 def listen_fds(unset: bool = True) -> list[socket.socket]:
     """The listening sockets systemd passed us (socket activation), or [] when none.
 
-    The variables are removed (with `unset`) so that child processes, which get a new PID,
-    do not mistake them for their own, as sd_listen_fds(3) recommends.
+    Only when `LISTEN_PID` names this process, as sd_listen_fds(3) requires: a child that
+    inherited the variables must not take fd 3 for a socket. They are removed (with `unset`)
+    for the same reason. The sockets are not inheritable across exec (Python's default), so a
+    subprocess the app starts does not keep the port open; forked workers still share them.
+    Raises `ValueError` with a one-line message when a passed descriptor is not a stream socket.
     """
     pid = os.environ.get("LISTEN_PID")
     count = os.environ.get("LISTEN_FDS")
     if unset:
         for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
             os.environ.pop(name, None)
-    if not count or (pid and pid != str(os.getpid())):
+    if not count or pid != str(os.getpid()):
         return []
     try:
         number = int(count)
     except ValueError:
         return []
-    sockets = []
+    sockets: list[socket.socket] = []
     for fd in range(LISTEN_FDS_START, LISTEN_FDS_START + number):
-        os.set_inheritable(fd, True)  # workers inherit it
-        sock = socket.socket(fileno=fd)
+        try:
+            sock = socket.socket(fileno=fd)
+        except OSError as exc:
+            for other in sockets:
+                other.detach()
+            raise ValueError(
+                f"LISTEN_FDS: file descriptor {fd} is not a usable socket: {exc.strerror}"
+            ) from None
+        if sock.type != socket.SOCK_STREAM:
+            sock.detach()
+            for other in sockets:
+                other.detach()
+            raise ValueError(f"LISTEN_FDS: file descriptor {fd} is not a stream socket")
+        os.set_inheritable(fd, False)
         sock.setblocking(False)
         sockets.append(sock)
     return sockets
