@@ -119,6 +119,7 @@ def test_no_import_cycles_among_aserve_modules() -> None:
 ABOVE_PROTOCOLS = (
     "aserve",
     "aserve.cli",
+    "aserve.entry",
     "aserve.config",
     "aserve.server",
     "aserve.settings",

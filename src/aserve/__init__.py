@@ -5,8 +5,9 @@ from aserve import _build
 _build.select()  # before anything imports the hot path (ASERVE_NO_EXTENSIONS)
 
 from aserve.config import Config  # noqa: E402
+from aserve.entry import serve  # noqa: E402
 from aserve.errors import ConfigError  # noqa: E402
-from aserve.server import Server, serve  # noqa: E402
+from aserve.server import Server  # noqa: E402
 
 run = serve  # uvicorn's name for the blocking entry point: `aserve.run(app, port=8000)`
 

@@ -102,6 +102,34 @@ def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> 
     show_default=True,
     help="Application interface.",
 )
+# --reload (reload.py): development restarts, uvicorn's flag names and defaults.
+@click.option(
+    "--reload",
+    is_flag=True,
+    default=False,
+    help="Restart the server when files change (development; needs watchfiles).",
+)
+@click.option(
+    "--reload-dir",
+    "reload_dirs",
+    multiple=True,
+    type=click.Path(exists=True, file_okay=False),
+    help="Directory to watch with --reload (repeatable). Default: the current directory "
+    "and --app-dir.",
+)
+@click.option(
+    "--reload-include",
+    "reload_includes",
+    multiple=True,
+    help="Glob of files that trigger a reload, besides '*.py' (repeatable).",
+)
+@click.option(
+    "--reload-exclude",
+    "reload_excludes",
+    multiple=True,
+    help="Glob of files or directories never triggering a reload (repeatable). "
+    "Default: '.*', '.py[cod]', '.sw.*', '~*'.",
+)
 @click.option(
     "--env-file",
     type=click.Path(exists=True, dir_okay=False),
@@ -221,8 +249,8 @@ def cli(
     [tool.aserve] in ./pyproject.toml (port = 8080); flags win over the environment, which wins
     over the file.
     """
+    from aserve.entry import serve
     from aserve.lifespan import LifespanFailure
-    from aserve.server import serve
 
     try:
         options, sources = _settings(
@@ -239,6 +267,8 @@ def cli(
         for name in ("ws_ping_interval", "ws_ping_timeout"):
             if options[name] == 0:
                 options[name] = None
+        for name in ("reload_dirs", "reload_includes", "reload_excludes"):
+            options[name] = list(options[name] or ()) or None
         serve(**options)
     except ConfigError as exc:
         _fail(str(exc), EXIT_CONFIG_ERROR)

@@ -70,6 +70,11 @@ class Config:
     headers: list[tuple[str, str]] = field(default_factory=list)
     server_header: bool = True
     date_header: bool = True
+    # --reload (reload.py): restart a child server when these files change.
+    reload: bool = False
+    reload_dirs: list[str] | None = None
+    reload_includes: list[str] | None = None
+    reload_excludes: list[str] | None = None
 
     def __post_init__(self) -> None:
         if self.env_file is not None:
@@ -110,6 +115,13 @@ class Config:
         self.headers = [_check_header(name, value) for name, value in self.headers]
         if self.access_log_format is not None:
             check_access_log_format(self.access_log_format)
+        if self.reload and not isinstance(self.app, str):
+            raise ConfigError('reload needs the app as an import string ("module:attribute")')
+        if self.reload and getattr(self, "supervised", False):  # supervisor.py's settings
+            raise ConfigError(
+                "reload runs one server process: it cannot be used with workers "
+                "(--workers, WEB_CONCURRENCY) or the --limit-* worker recycling"
+            )
         parse_trusted(self.forwarded_allow_ips)  # one error line per bad entry
 
     @property

@@ -258,14 +258,3 @@ def loop_factory(setting: str) -> Callable[[], asyncio.AbstractEventLoop]:
 def run(coro: Coroutine[Any, Any, None], loop: str = "auto") -> None:
     with asyncio.Runner(loop_factory=loop_factory(loop)) as runner:
         runner.run(coro)
-
-
-def serve(app: Any, **options: Any) -> None:
-    """Serve `app` (an ASGI app or a "module:attribute" string) until SIGINT/SIGTERM.
-
-    Options are `Config`'s fields. Raises `ConfigError` (or `AppLoadError`, `LifespanFailure`)
-    with a one-line message when the server cannot start.
-    """
-    config = Config(app, **options)
-    configure_logging(config.log_config, config.log_level, config.access_log)
-    Server(config).run()

@@ -1,0 +1,28 @@
+"""The blocking entry point (`aserve.serve`, `aserve.run`, the CLI): one server, or the reloader.
+
+It sits above `server.py` and `reload.py` and picks between them, so neither imports the other.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aserve.config import Config
+from aserve.logging import configure_logging
+from aserve.reload import run_reloader
+from aserve.server import Server
+
+
+def serve(app: Any, **options: Any) -> None:
+    """Serve `app` (an ASGI app or a "module:attribute" string) until SIGINT/SIGTERM.
+
+    Options are `Config`'s fields. Raises `ConfigError` (or `AppLoadError`, `LifespanFailure`)
+    with a one-line message when the server cannot start. With `reload=True` a parent process
+    watches files and runs the server in a child it restarts on change (reload.py).
+    """
+    config = Config(app, **options)
+    configure_logging(config.log_config, config.log_level, config.access_log)
+    if config.reload:
+        run_reloader(config)
+        return
+    Server(config).run()
