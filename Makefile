@@ -8,7 +8,7 @@ PYTHON ?= $(shell for p in python3.13 python3.12 $$HOME/.pyenv/versions/3.13*/bi
 PIP := $(VENV)/bin/python -m pip
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint format bench autobahn clean install
+.PHONY: demo test lint format bench bench-workers bench-startup autobahn clean install
 
 $(VENV)/bin/python:
 	@test -n "$(PYTHON)" || { echo "Error: no CPython 3.11+ found; set PYTHON=/path/to/python3" >&2; exit 1; }
@@ -56,6 +56,14 @@ test: lint
 
 bench: $(VENV)/.installed-bench
 	$(VENV)/bin/python benchmarks/run.py $(BENCH_ARGS)
+
+# Workers: requests per CPU-second of every server process (--workers 2), and start-up time and
+# PSS of `--workers 4` on FastAPI. See benchmarks/README.md.
+bench-workers: $(VENV)/.installed-bench
+	$(VENV)/bin/python benchmarks/workers.py $(BENCH_ARGS)
+
+bench-startup: $(VENV)/.installed-bench
+	$(VENV)/bin/python benchmarks/startup_memory.py $(BENCH_ARGS)
 
 autobahn: $(VENV)/.installed-dev
 	$(VENV)/bin/python benchmarks/autobahn.py $(AUTOBAHN_ARGS)
