@@ -1,8 +1,14 @@
-"""Real frameworks served end to end: FastAPI (Starlette, anyio) and Django's ASGI handler."""
+"""Real frameworks end to end: FastAPI, Starlette, Django, Litestar, Quart, Socket.IO, SSE."""
 
 import asyncio
+import contextlib
 import contextvars
+import json
+import os
+import signal
+import socket
 import threading
+import time
 
 import httpx
 import pytest
@@ -127,3 +133,330 @@ def test_django_end_to_end(django_app):
     assert hello.text == "hello aserve via GET"
     assert upload.json() == {"size": 300_000, "path": "/upload"}
     assert missing.status_code == 404
+
+
+# -- Starlette -------------------------------------------------------------------------------
+
+
+def make_starlette_app(static_file, background_done: threading.Event, events: list):
+    from starlette.applications import Starlette
+    from starlette.background import BackgroundTask
+    from starlette.requests import Request
+    from starlette.responses import FileResponse, JSONResponse, StreamingResponse
+    from starlette.routing import Route, WebSocketRoute
+    from starlette.websockets import WebSocket
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        events.append("startup")
+        yield {"greeting": "hello from lifespan"}
+        events.append("shutdown")
+
+    async def state(request: Request):
+        return JSONResponse({"greeting": request.state.greeting})
+
+    async def stream(request: Request):
+        async def numbers():
+            for i in range(5):
+                yield f"{i}\n".encode()
+                await asyncio.sleep(0.001)
+
+        return StreamingResponse(numbers(), media_type="text/plain")
+
+    async def download(request: Request):
+        return FileResponse(static_file, filename="data.bin")
+
+    async def background(request: Request):
+        return JSONResponse({"queued": True}, background=BackgroundTask(background_done.set))
+
+    async def ws_echo(websocket: WebSocket):
+        await websocket.accept(subprotocol="chat")
+        await websocket.send_json({"greeting": websocket.state.greeting})
+        async for text in websocket.iter_text():
+            await websocket.send_text(text.upper())
+
+    return Starlette(
+        routes=[
+            Route("/state", state),
+            Route("/stream", stream),
+            Route("/file", download),
+            Route("/background", background),
+            WebSocketRoute("/ws", ws_echo),
+        ],
+        lifespan=lifespan,
+    )
+
+
+def test_starlette_end_to_end(tmp_path):
+    from websockets.sync.client import connect
+
+    static_file = tmp_path / "data.bin"
+    content = os.urandom(300_000)
+    static_file.write_bytes(content)
+    background_done = threading.Event()
+    events: list = []
+    app = make_starlette_app(static_file, background_done, events)
+    with serve(app, lifespan="on") as server, httpx.Client(base_url=server.url) as client:
+        state = client.get("/state")
+        streamed = client.get("/stream")
+        whole = client.get("/file")
+        ranged = client.get("/file", headers={"Range": "bytes=1000-1999"})
+        queued = client.get("/background")
+        assert background_done.wait(5)
+        ws_url = f"ws://127.0.0.1:{server.port}/ws"
+        with connect(ws_url, subprotocols=["chat"]) as ws:
+            greeting = json.loads(ws.recv(timeout=5))
+            ws.send("shout")
+            echoed = ws.recv(timeout=5)
+            subprotocol = ws.subprotocol
+    assert events == ["startup", "shutdown"]
+    assert state.json() == {"greeting": "hello from lifespan"}
+    assert streamed.text == "0\n1\n2\n3\n4\n"
+    assert streamed.headers["transfer-encoding"] == "chunked"
+    assert whole.content == content
+    assert whole.headers["content-length"] == str(len(content))
+    assert whole.headers["content-disposition"] == 'attachment; filename="data.bin"'
+    assert ranged.status_code == 206
+    assert ranged.content == content[1000:2000]
+    assert ranged.headers["content-range"] == f"bytes 1000-1999/{len(content)}"
+    assert queued.json() == {"queued": True}
+    assert greeting == {"greeting": "hello from lifespan"}
+    assert (subprotocol, echoed) == ("chat", "SHOUT")
+
+
+# -- Litestar --------------------------------------------------------------------------------
+
+
+def make_litestar_app(events: list):
+    from litestar import Litestar, Request, get, post, websocket_listener
+    from litestar.datastructures import State
+    from litestar.params import FromPath, JSONBody
+
+    @get("/items/{item_id:int}")
+    async def item(item_id: FromPath[int], request: Request, state: State) -> dict:
+        return {"item_id": item_id, "client": request.client.host, "ready": state.ready}
+
+    @post("/echo")
+    async def echo(data: JSONBody[dict]) -> dict:
+        return {"got": data}
+
+    @websocket_listener("/ws")
+    async def ws_handler(data: str) -> str:
+        return data[::-1]
+
+    async def startup(app: Litestar) -> None:
+        app.state.ready = True
+        events.append("startup")
+
+    async def shutdown(app: Litestar) -> None:
+        events.append("shutdown")
+
+    return Litestar(
+        route_handlers=[item, echo, ws_handler], on_startup=[startup], on_shutdown=[shutdown]
+    )
+
+
+def test_litestar_end_to_end():
+    from websockets.sync.client import connect
+
+    events: list = []
+    app = make_litestar_app(events)
+    with serve(app, lifespan="on") as server, httpx.Client(base_url=server.url) as client:
+        item = client.get("/items/5")
+        posted = client.post("/echo", json={"a": [1, 2]})
+        invalid = client.get("/items/five")
+        with connect(f"ws://127.0.0.1:{server.port}/ws") as ws:
+            ws.send("stressed")
+            reversed_text = ws.recv(timeout=5)
+    assert events == ["startup", "shutdown"]
+    assert item.json() == {"item_id": 5, "client": "127.0.0.1", "ready": True}
+    assert posted.status_code == 201
+    assert posted.json() == {"got": {"a": [1, 2]}}
+    assert invalid.status_code in (400, 404)
+    assert reversed_text == "desserts"
+
+
+# -- Quart -----------------------------------------------------------------------------------
+
+
+def make_quart_app(events: list):
+    from quart import Quart, request, websocket
+
+    app = Quart(__name__)
+
+    @app.before_serving
+    async def startup():
+        events.append("startup")
+
+    @app.after_serving
+    async def shutdown():
+        events.append("shutdown")
+
+    @app.route("/hello/<name>")
+    async def hello(name):
+        return {"hello": name, "scheme": request.scheme, "args": dict(request.args)}
+
+    @app.post("/upload")
+    async def upload():
+        return {"size": len(await request.get_data())}
+
+    @app.websocket("/ws")
+    async def ws():
+        while True:
+            message = await websocket.receive()
+            await websocket.send(f"quart: {message}")
+
+    return app
+
+
+def test_quart_end_to_end():
+    from websockets.sync.client import connect
+
+    events: list = []
+    app = make_quart_app(events)
+    with serve(app, lifespan="on") as server, httpx.Client(base_url=server.url) as client:
+        hello = client.get("/hello/aserve", params={"x": "1"})
+        upload = client.post("/upload", content=b"y" * 200_000)
+        with connect(f"ws://127.0.0.1:{server.port}/ws") as ws:
+            ws.send("ping")
+            answer = ws.recv(timeout=5)
+    assert events == ["startup", "shutdown"]
+    assert hello.json() == {"hello": "aserve", "scheme": "http", "args": {"x": "1"}}
+    assert upload.json() == {"size": 200_000}
+    assert answer == "quart: ping"
+
+
+# -- Socket.IO -------------------------------------------------------------------------------
+
+
+def make_socketio_app():
+    import socketio
+
+    sio = socketio.AsyncServer(async_mode="asgi")
+
+    @sio.event
+    async def echo(sid, data):
+        await sio.emit("echo-reply", {"data": data, "sid": sid}, to=sid)
+
+    return socketio.ASGIApp(sio)
+
+
+def engineio_packets(payload: str) -> list[str]:
+    """Engine.IO v4 polling payloads separate packets with the record separator."""
+    return payload.split("\x1e")
+
+
+def test_socketio_polling_then_websocket_upgrade():
+    from websockets.sync.client import connect
+
+    app = make_socketio_app()
+    with serve(app, lifespan="on") as server, httpx.Client(base_url=server.url) as client:
+        params = {"EIO": "4", "transport": "polling"}
+        opened = client.get("/socket.io/", params=params)
+        assert opened.status_code == 200
+        assert opened.text[0] == "0"  # OPEN, with the session id and the upgrades offered
+        handshake = json.loads(opened.text[1:])
+        assert "websocket" in handshake["upgrades"]
+        params["sid"] = handshake["sid"]
+        assert client.post("/socket.io/", params=params, content="40").text == "OK"
+        connected = engineio_packets(client.get("/socket.io/", params=params).text)
+        assert connected[0].startswith("40{")  # the default namespace accepted the client
+        socket_sid = json.loads(connected[0][2:])["sid"]
+
+        ws_url = f"ws://127.0.0.1:{server.port}/socket.io/?EIO=4&transport=websocket"
+        with connect(f"{ws_url}&sid={handshake['sid']}") as ws:
+            ws.send("2probe")
+            assert ws.recv(timeout=5) == "3probe"
+            ws.send("5")  # UPGRADE: from here on the session talks over the WebSocket
+            ws.send('42["echo","over websocket"]')
+            reply = ws.recv(timeout=5)
+            while reply == "6":  # a NOOP ends the polling transport's pending GET
+                reply = ws.recv(timeout=5)
+    assert reply.startswith("42")
+    event, body = json.loads(reply[2:])
+    assert event == "echo-reply"
+    assert body == {"data": "over websocket", "sid": socket_sid}
+
+
+# -- server-sent events through graceful shutdown --------------------------------------------
+
+
+def parse_chunks(data: bytes) -> tuple[list[bytes], bool, bytes]:
+    """Split a chunked body into its chunks; also whether the 0-chunk ended it, and any rest."""
+    chunks = []
+    while data:
+        size_line, sep, rest = data.partition(b"\r\n")
+        if not sep:
+            break
+        size = int(size_line.split(b";")[0], 16)
+        if size == 0:
+            return chunks, True, rest
+        if len(rest) < size + 2:
+            break
+        chunks.append(rest[:size])
+        data = rest[size + 2 :]
+    return chunks, False, data
+
+
+@pytest.mark.once
+def test_sse_stream_held_open_through_graceful_shutdown():
+    """SIGTERM with an infinite event stream open: the stream keeps flowing during the grace
+    period; at the deadline the app's generator is cancelled (it can clean up), the client's
+    connection ends with a FIN after whole events (no reset, no torn chunk: the missing 0-chunk
+    tells an HTTP client the response was cut, and an EventSource reconnects), the process
+    exits 0 and nothing is logged at ERROR."""
+    from test_cli import APPS, Process
+
+    grace = 1.0
+    server = Process(
+        "sse_app:app",
+        "--app-dir",
+        str(APPS),
+        "--port",
+        "0",
+        "--timeout-graceful-shutdown",
+        str(grace),
+    )
+    try:
+        port = server.wait_for_port()
+        sock = socket.create_connection(("127.0.0.1", port), timeout=15)
+        sock.sendall(b"GET /events HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n")
+        received = b""
+        while received.count(b"data: ") < 3:
+            chunk = sock.recv(65536)
+            assert chunk, "the stream ended before the shutdown began"
+            received += chunk
+        before_signal = received.count(b"data: ")
+        signalled = time.monotonic()
+        server.proc.send_signal(signal.SIGTERM)
+        while True:
+            chunk = sock.recv(65536)  # a reset would raise ConnectionResetError here
+            if not chunk:
+                break
+            received += chunk
+        closed_after = time.monotonic() - signalled
+        sock.close()
+        code = server.proc.wait(15)
+    finally:
+        server.proc.kill()
+        server.stop()
+    head, _, body = received.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ")
+    assert b"content-type: text/event-stream" in head.lower()
+    chunks, terminated, rest = parse_chunks(body)
+    assert (terminated, rest) == (False, b"")  # cut between chunks, never inside one
+    events = b"".join(chunks).split(b"\n\n")
+    assert events.pop() == b""  # whole events only
+    assert [event.split(b"\n")[0] for event in events] == [
+        b"id: %d" % n for n in range(len(events))
+    ]
+    assert len(events) > before_signal  # the stream went on during the grace period
+    assert grace * 0.8 <= closed_after < grace + 10
+    assert code == 0
+    stderr = server.stderr
+    assert "sse-app: stream cancelled after" in stderr
+    assert "sse-app: stream closed" in stderr
+    assert "sse-app: lifespan shutdown" in stderr
+    assert "Graceful shutdown timed out" in stderr  # a WARNING naming what was cut
+    assert "ERROR" not in stderr
+    assert "Traceback" not in stderr
