@@ -9,6 +9,9 @@ instructions is repeatable, which makes small hot-path changes measurable on a n
         python benchmarks/micro.py aserve --requests 2000 --runs 1
     (repeat with --requests 6000; the difference / 4000 is instructions per request)
 
+`--metrics` counts each request into aserve's Prometheus metrics (docs/metrics.md), as
+`--metrics-port` does, to measure what they cost.
+
 uvicorn needs one event-loop turn per request to run the Task it schedules; aserve answers
 inside `data_received` when the app does not wait. The uvicorn figure includes that turn.
 """
@@ -62,12 +65,14 @@ class MemoryTransport(asyncio.Transport):
         return 0
 
 
-async def per_request_aserve(requests: int) -> float:
+async def per_request_aserve(requests: int, metrics: bool = False) -> float:
     from aserve.config import Config
     from aserve.protocols.http import HttpProtocol
     from aserve.state import ServerState
 
-    state = ServerState(Config(app=hello, access_log=False), hello, asyncio.get_running_loop())
+    # (metrics_port only switches the counters on here: ServerState binds nothing)
+    config = Config(app=hello, access_log=False, metrics_port=0 if metrics else None)
+    state = ServerState(config, hello, asyncio.get_running_loop())
     protocol = HttpProtocol(state)
     transport = MemoryTransport()
     protocol.connection_made(transport)
@@ -79,6 +84,8 @@ async def per_request_aserve(requests: int) -> float:
     elapsed = time.perf_counter() - start
     await asyncio.sleep(0)
     assert transport.writes == requests + 1000, "every request must be answered"
+    if state.metrics is not None:
+        assert state.metrics.responses[2] == requests + 1000, "every response must be counted"
     return elapsed / requests
 
 
@@ -109,8 +116,13 @@ def main() -> None:
     parser.add_argument("server", choices=["aserve", "uvicorn"])
     parser.add_argument("--requests", type=int, default=50_000)
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--metrics", action="store_true", help="aserve with metrics on")
     args = parser.parse_args()
-    measure = per_request_aserve if args.server == "aserve" else per_request_uvicorn
+
+    async def measure(requests: int) -> float:
+        if args.server == "aserve":
+            return await per_request_aserve(requests, args.metrics)
+        return await per_request_uvicorn(requests)
 
     async def runs() -> list[float]:
         return [await measure(args.requests) for _ in range(args.runs)]

@@ -232,6 +232,20 @@ def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> 
     help="Show the effective settings and where each came from (flag, env, file, default), "
     "then exit.",
 )
+# Metrics
+@click.option(
+    "--metrics-port",
+    type=int,
+    default=None,
+    help="Serve Prometheus metrics at /metrics on this port (its own listener, never the "
+    "app's). Off by default. See docs/metrics.md.",
+)
+@click.option(
+    "--metrics-host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Bind the metrics listener to this host.",
+)
 @click.option(
     "--version",
     is_flag=True,

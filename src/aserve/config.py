@@ -75,6 +75,9 @@ class Config:
     reload_dirs: list[str] | None = None
     reload_includes: list[str] | None = None
     reload_excludes: list[str] | None = None
+    # Metrics (Prometheus text on a listener of its own; off unless a port is given)
+    metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"
 
     def __post_init__(self) -> None:
         if self.env_file is not None:
@@ -113,6 +116,7 @@ class Config:
             raise ConfigError(f"root_path must start with '/', got {self.root_path!r}")
         self.root_path = self.root_path.rstrip("/")
         self.headers = [_check_header(name, value) for name, value in self.headers]
+        self._validate_metrics()
         if self.access_log_format is not None:
             check_access_log_format(self.access_log_format)
         if self.reload and not isinstance(self.app, str):
@@ -123,6 +127,18 @@ class Config:
                 "(--workers, WEB_CONCURRENCY) or the --limit-* worker recycling"
             )
         parse_trusted(self.forwarded_allow_ips)  # one error line per bad entry
+
+    def _validate_metrics(self) -> None:
+        port = self.metrics_port
+        if port is None:
+            return
+        if not isinstance(port, int) or not 0 <= port <= 65535:
+            raise ConfigError(f"metrics_port must be between 0 and 65535, got {port!r}")
+        if port != 0 and port == self.port and self.uds is None and self.fd is None:
+            raise ConfigError(
+                f"metrics_port must differ from port ({port}): metrics never share the "
+                "app's listener"
+            )
 
     @property
     def bind_description(self) -> str:

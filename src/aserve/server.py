@@ -24,6 +24,7 @@ from aserve.importer import load_app
 from aserve.lifespan import Lifespan, LifespanFailure
 from aserve.listener import Listener
 from aserve.logging import configure_logging, error_logger, set_log_level
+from aserve.metrics import bind_metrics_socket, start_metrics_server
 from aserve.protocols.http import HttpProtocol
 from aserve.sockets import bind_sockets, describe
 from aserve.state import ServerState
@@ -52,6 +53,7 @@ class Server:
         self.force_exit = False
         self.state: ServerState | None = None
         self.servers: list[Listener] = []
+        self.metrics_server: asyncio.Server | None = None
         self._lifespan: Lifespan | None = None
         self._from_systemd = False
         self._unlink_on_exit: str | None = None  # a unix socket file this server created
@@ -83,7 +85,9 @@ class Server:
             sockets, self._from_systemd = bind_sockets(config)
             if config.uds is not None and not self._from_systemd:
                 self._unlink_on_exit = config.uds
+        metrics_sock = None
         try:
+            metrics_sock = self.bind_metrics_socket()
             app = load_app(config)
             lifespan_state: dict[str, Any] = {}
             self._lifespan = Lifespan(app, config.lifespan, lifespan_state)
@@ -93,6 +97,8 @@ class Server:
         except BaseException as exc:
             if isinstance(exc, LifespanFailure):
                 error_logger.error("Application startup failed: %s", exc)
+            if metrics_sock is not None:
+                metrics_sock.close()
             if owned:  # we bound it: do not leak the socket (or a unix socket file)
                 for sock in sockets:
                     sock.close()
@@ -105,6 +111,10 @@ class Server:
         state = ServerState(config, app, loop, base_context, lifespan_state)
         self.state = state
         try:
+            if metrics_sock is not None and state.metrics is not None:
+                self.metrics_server = await start_metrics_server(state.metrics.render, metrics_sock)
+                host, port = metrics_sock.getsockname()[:2]
+                error_logger.info("Metrics on http://%s:%d/metrics", host, port)
             for sock in sockets:
                 listener = Listener(loop, sock, lambda: HttpProtocol(state), config.backlog)
                 self.servers.append(listener)
@@ -147,6 +157,21 @@ class Server:
             where = f"http://{host}:{port}"
         error_logger.info("aserve running on %s (Press CTRL+C to quit)", where)
 
+    def bind_metrics_socket(self) -> socket.socket | None:
+        """The metrics listener's socket, when metrics are on (a worker may choose its port)."""
+        config = self.config
+        if config.metrics_port is None:
+            return None
+        return bind_metrics_socket(config.metrics_host, config.metrics_port)
+
+    @property
+    def metrics_port(self) -> int | None:
+        """The metrics listener's port (to learn it when the config asked for port 0)."""
+        if self.metrics_server is None:
+            return None
+        port: int = self.metrics_server.sockets[0].getsockname()[1]
+        return port
+
     async def _main_loop(self) -> None:
         state = self.state
         assert state is not None
@@ -188,6 +213,9 @@ class Server:
                 if self.config.lifespan != "off":
                     error_logger.info("Application shutdown complete.")
             self._lifespan = None
+        if self.metrics_server is not None:  # kept until now: a scrape can watch the drain
+            self.metrics_server.close()
+            self.metrics_server = None
         # Sockets handed in (by a supervisor, the reloader, systemd) belong to whoever bound
         # them: their socket file stays for the next server.
         if self._unlink_on_exit is not None:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from aserve.asgi import http_scope_template
 from aserve.logging import AccessLog
+from aserve.metrics import Metrics
 from aserve.proxy import TrustedProxies, parse_trusted
 
 if TYPE_CHECKING:
@@ -39,6 +40,7 @@ class ServerState:
         "lifespan_state",
         "limit_concurrency",
         "loop",
+        "metrics",
         "root_path",
         "shutting_down",
         "tasks",
@@ -77,6 +79,10 @@ class ServerState:
         access_log = AccessLog(config.access_log, config.access_log_format)
         # None when nothing would be written: the per-request check is one comparison.
         self.access_log: AccessLog | None = access_log if access_log.enabled else None
+        # None unless metrics are on: the protocols' hook is one comparison when they are off.
+        self.metrics: Metrics | None = (
+            Metrics(self.connections) if config.metrics_port is not None else None
+        )
         # The loop's clock as a stored callable: a call without a method lookup per request.
         self.clock: Callable[[], float] = loop.time
         self._server_header = b"server: aserve\r\n" if config.server_header else b""

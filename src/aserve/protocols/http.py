@@ -101,6 +101,7 @@ class RequestCycle:
         "http10",
         "keep_alive",
         "length_left",
+        "received",
         "scope",
         "start_time",
         "started",
@@ -126,6 +127,7 @@ class RequestCycle:
         self.expect_100 = expect_100
         self.chunks: list[bytes] = []
         self.body_size = 0
+        self.received = 0  # request body bytes, all told
         self.body_done = False
         self.delivered = False  # the last http.request message (more_body False) was handed out
         self.disconnected = False
@@ -169,12 +171,18 @@ class RequestCycle:
         if self.complete or self.disconnected:
             return  # the app is done with this request: the rest of the body is dropped
         self.chunks.append(data)
-        self.body_size += len(data)
+        size = len(data)
+        self.received += size
+        self.body_size += size
         if self.body_size > BODY_HIGH_WATER:
             self.conn.pause_reading(_PAUSED_FOR_BODY)
         self._wake()
 
     def lose_connection(self) -> None:
+        if not self.disconnected and not self.complete:
+            metrics = self.conn.state.metrics
+            if metrics is not None:
+                metrics.request_aborted(self.bytes_sent, self.received)
         self.disconnected = True
         self._wake()
 
@@ -333,6 +341,10 @@ class RequestCycle:
         if state.access_log is not None:
             duration = state.clock() - self.start_time
             state.access_log.log(self.scope, self.status, self.bytes_sent, duration)
+        metrics = state.metrics
+        if metrics is not None:
+            duration = state.clock() - self.start_time
+            metrics.response_complete(self.status, self.bytes_sent, self.received, duration)
         conn.response_complete(self)
 
     # -- errors ----------------------------------------------------------------------------
@@ -571,8 +583,10 @@ class HttpProtocol(asyncio.Protocol):
         cycle = RequestCycle(
             self, scope, http10, method == "HEAD", keep_alive, expect_100 and not http10
         )
-        if state.access_log is not None:
+        if state.access_log is not None or state.metrics is not None:
             cycle.start_time = state.clock()
+            if state.metrics is not None:
+                state.metrics.request_received()
         self._parsing = cycle
         self._queue.append(cycle)
         if len(self._queue) > PIPELINE_HIGH_WATER:
@@ -772,6 +786,8 @@ class HttpProtocol(asyncio.Protocol):
 
     def _send_error_and_close(self, body: bytes) -> None:
         self._pending_error = None
+        if self.state.metrics is not None:
+            self.state.metrics.error_response(400)
         self.write(
             b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain; charset=utf-8\r\n"
             b"content-length: %d\r\n%sconnection: close\r\n\r\n%s"

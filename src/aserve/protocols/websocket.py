@@ -98,6 +98,7 @@ class WebSocketProtocol(asyncio.Protocol):
     """The state machine of one WebSocket connection (see the module docstring)."""
 
     __slots__ = (
+        "_accepted",
         "_decoder",
         "_denial",
         "_denial_body",
@@ -143,6 +144,7 @@ class WebSocketProtocol(asyncio.Protocol):
         self.scope = http_scope  # replaced by the websocket scope once the handshake is valid
         self.task: asyncio.Task[None] | None = None
         self._phase = CONNECTING
+        self._accepted = False  # the app accepted: counted open in metrics until lost
         self._queue: deque[Message] = deque(({"type": "websocket.connect"},))
         self._max_queue = config.ws_max_queue
         self._low_water = config.ws_max_queue // 2
@@ -385,6 +387,9 @@ class WebSocketProtocol(asyncio.Protocol):
                 headers[name.decode("latin-1")] = value.decode("latin-1")
         self._send_response(response)
         self._phase = OPEN
+        self._accepted = True
+        if self.state.metrics is not None:
+            self.state.metrics.websocket_accepted()
         self._log_access("[accepted]")
         if self._ping_interval is not None:
             self._timer = self.loop.call_later(self._ping_interval, self._on_keepalive)
@@ -488,6 +493,9 @@ class WebSocketProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._phase = CLOSED
         self.state.connections.discard(self)
+        if self._accepted and self.state.metrics is not None:
+            self._accepted = False
+            self.state.metrics.websocket_closed()
         self._cancel_timer()
         self._early = []
         self._set_disconnect(1006)
