@@ -216,6 +216,14 @@ def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> 
 @click.option(
     "--date-header/--no-date-header", default=True, show_default=True, help="Send a 'Date' header."
 )
+# Connection edge: PROXY protocol
+@click.option(
+    "--proxy-protocol",
+    is_flag=True,
+    default=False,
+    help="Require a HAProxy PROXY protocol header (v1 or v2) on every connection; accepted "
+    "only from --forwarded-allow-ips peers.",
+)
 @click.option(
     "--factory", is_flag=True, default=False, help="APP is a factory: call it to get the app."
 )

@@ -62,6 +62,8 @@ class Config:
     access_log_format: str | None = None
     proxy_headers: bool = True
     forwarded_allow_ips: str | Sequence[str] | None = None
+    # Connection edge: PROXY protocol (edge.py, protocols/proxy_protocol.py)
+    proxy_protocol: bool = False
     root_path: str = ""
     limit_concurrency: int | None = None
     backlog: int = 2048

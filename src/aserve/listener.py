@@ -19,6 +19,7 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
+from aserve.edge import Edge
 from aserve.logging import error_logger
 from aserve.tasks import start_task
 
@@ -40,8 +41,10 @@ class Listener:
         sock: socket.socket,
         protocol_factory: Callable[[], asyncio.Protocol],
         backlog: int,
+        edge: Edge | None = None,
     ) -> None:
         self.sockets = [sock]
+        self._edge = edge  # PROXY protocol header and TLS, when on
         self._loop = loop
         self._sock = sock
         self._factory = protocol_factory
@@ -67,6 +70,8 @@ class Listener:
             self._retry.cancel()
             self._retry = None
         self._sock.close()
+        for task in list(self._pending):
+            task.cancel()  # a PROXY header or a TLS handshake still under way
 
     def _accept(self) -> None:
         for _ in range(ACCEPT_BATCH):
@@ -88,7 +93,10 @@ class Listener:
             self._connect(conn)
 
     def _connect(self, conn: socket.socket) -> None:
-        coro = self._loop.connect_accepted_socket(self._factory, conn)
+        if self._edge is not None:
+            coro = self._edge.connect(conn)
+        else:
+            coro = self._loop.connect_accepted_socket(self._factory, conn)
         task = start_task(self._loop, coro, self._context)  # eager on 3.12+
         if task.done():
             self._connected(task)

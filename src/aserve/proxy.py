@@ -17,7 +17,7 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 class TrustedProxies:
     """The `--forwarded-allow-ips` list: addresses, CIDR networks, or ``*`` for everyone."""
 
-    __slots__ = ("_cache", "_everyone", "_literals", "_networks")
+    __slots__ = ("_cache", "_everyone", "_literals", "_networks", "unix")
 
     def __init__(self, entries: Sequence[str]) -> None:
         self._everyone = "*" in entries
@@ -32,6 +32,17 @@ class TrustedProxies:
                 # Not an address: a unix socket path or a name a proxy puts in the header.
                 self._literals.add(entry)
         self._cache: dict[str, bool] = {}
+        # A peer on a Unix socket is a process on this machine, like one on loopback: trusted
+        # when the list trusts everyone, local addresses (the default 127.0.0.1) or "unix:".
+        self.unix = (
+            self._everyone
+            or any(network.is_loopback for network in self._networks)
+            or any(literal.startswith("unix:") for literal in self._literals)
+        )
+
+    def trusts_peer(self, host: str) -> bool:
+        """Whether a connection's peer is trusted; `host` is "" for a Unix-socket peer."""
+        return self.unix if not host else host in self
 
     def __contains__(self, host: str) -> bool:
         if self._everyone:

@@ -20,12 +20,14 @@ from typing import Any
 
 from aserve import systemd
 from aserve.config import Config
+from aserve.edge import Edge
 from aserve.importer import load_app
 from aserve.lifespan import Lifespan, LifespanFailure
 from aserve.listener import Listener
 from aserve.logging import configure_logging, error_logger, set_log_level
 from aserve.metrics import bind_metrics_socket, start_metrics_server
 from aserve.protocols.http import HttpProtocol
+from aserve.proxy import parse_trusted
 from aserve.sockets import bind_sockets, describe
 from aserve.state import ServerState
 
@@ -110,13 +112,22 @@ class Server:
             error_logger.info("Application startup complete.")
         state = ServerState(config, app, loop, base_context, lifespan_state)
         self.state = state
+        edge = None
+        if config.proxy_protocol:
+            edge = Edge(
+                loop,
+                lambda addresses=None: HttpProtocol(state, addresses),
+                proxy_from=parse_trusted(config.forwarded_allow_ips),
+            )
         try:
             if metrics_sock is not None and state.metrics is not None:
                 self.metrics_server = await start_metrics_server(state.metrics.render, metrics_sock)
                 host, port = metrics_sock.getsockname()[:2]
                 error_logger.info("Metrics on http://%s:%d/metrics", host, port)
             for sock in sockets:
-                listener = Listener(loop, sock, lambda: HttpProtocol(state), config.backlog)
+                listener = Listener(
+                    loop, sock, lambda: HttpProtocol(state), config.backlog, edge=edge
+                )
                 self.servers.append(listener)
                 listener.start()
             self._log_started()

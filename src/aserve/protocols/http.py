@@ -380,6 +380,7 @@ class HttpProtocol(asyncio.Protocol):
         "_closed",
         "_expect_100",
         "_forwarded",
+        "_given_addresses",
         "_headers",
         "_idle_since",
         "_line_chunk",
@@ -405,9 +406,11 @@ class HttpProtocol(asyncio.Protocol):
         "transport",
     )
 
-    def __init__(self, state: ServerState) -> None:
+    def __init__(self, state: ServerState, addresses: tuple[Any, Any] | None = None) -> None:
         self.state = state
         self.loop = state.loop
+        # (client, server) from a PROXY protocol header; None: the socket's own addresses.
+        self._given_addresses = addresses
         self.parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self.server: tuple[str, int] | None = None
@@ -445,8 +448,11 @@ class HttpProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         self.state.connections.add(self)
-        self.server = _address(transport.get_extra_info("sockname"))
-        self.client = _address(transport.get_extra_info("peername"))
+        if self._given_addresses is None:
+            self.server = _address(transport.get_extra_info("sockname"))
+            self.client = _address(transport.get_extra_info("peername"))
+        else:
+            self.client, self.server = self._given_addresses
         if transport.get_extra_info("sslcontext") is not None:
             self.scheme = "https"
         trusted = self.state.trusted_proxies

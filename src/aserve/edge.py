@@ -1,0 +1,100 @@
+"""Between accept() and the HTTP protocol: the PROXY protocol header, then the TLS handshake.
+
+Only used when `--proxy-protocol` or TLS is on; otherwise the listener hands an accepted socket
+straight to the loop. The PROXY header is read from the socket itself, before the loop makes a
+transport of it, because a balancer sends it in clear text ahead of the client's TLS records.
+A connection that fails here (untrusted peer, bad or missing header, failed handshake) is
+closed with one debug line (a warning for an untrusted peer, which is a configuration mistake
+more often than an attack), never a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+from collections.abc import Callable
+from typing import Any
+
+from aserve.logging import error_logger
+from aserve.protocols.proxy_protocol import ProxyHeaderError, read_header
+from aserve.proxy import TrustedProxies
+
+# How long a connection may take to send its PROXY protocol header. Balancers send it at once,
+# with the connection; this only bounds a peer that connects and sends nothing.
+PROXY_HEADER_TIMEOUT = 10.0
+
+ProtocolFactory = Callable[[tuple[Any, Any] | None], asyncio.Protocol]
+
+
+class Edge:
+    """How each accepted socket becomes a connection when PROXY protocol or TLS is on."""
+
+    __slots__ = ("_handshake_timeout", "_loop", "_make_protocol", "_proxy_from", "_ssl")
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        make_protocol: ProtocolFactory,
+        ssl_context: ssl.SSLContext | None = None,
+        handshake_timeout: float | None = None,
+        proxy_from: TrustedProxies | None = None,
+    ) -> None:
+        self._loop = loop
+        self._make_protocol = make_protocol  # called with (client, server) or None
+        self._ssl = ssl_context
+        self._handshake_timeout = handshake_timeout if ssl_context is not None else None
+        self._proxy_from = proxy_from  # None: no PROXY header expected
+
+    async def connect(self, sock: socket.socket) -> None:
+        """Read the PROXY header if one is required, then start the transport (and TLS)."""
+        try:
+            addresses = await self._proxy_addresses(sock) if self._proxy_from is not None else None
+        except BaseException:
+            sock.close()
+            raise
+        if addresses is False:
+            sock.close()
+            return
+        try:
+            await self._loop.connect_accepted_socket(
+                lambda: self._make_protocol(addresses or None),
+                sock,
+                ssl=self._ssl,
+                ssl_handshake_timeout=self._handshake_timeout,
+            )
+        except (TimeoutError, OSError) as exc:
+            # ssl.SSLError is an OSError: plain HTTP on the TLS port, an unknown CA, a client
+            # without the certificate --ssl-cert-reqs 2 requires, a handshake timeout.
+            error_logger.debug("TLS handshake with %s failed: %s", _peer(sock), exc)
+            sock.close()
+
+    async def _proxy_addresses(self, sock: socket.socket) -> tuple[Any, Any] | bool | None:
+        """(client, server) from the header, None to keep the socket's own, False to close."""
+        assert self._proxy_from is not None
+        peer = _peer(sock)
+        if not self._proxy_from.trusts_peer(peer):
+            error_logger.warning(
+                "Closing a connection from %s: PROXY protocol headers are only accepted "
+                "from --forwarded-allow-ips",
+                peer or "a Unix socket",
+            )
+            return False
+        try:
+            header = await read_header(self._loop, sock, PROXY_HEADER_TIMEOUT)
+        except (ProxyHeaderError, OSError, TimeoutError) as exc:
+            reason = exc if not isinstance(exc, TimeoutError) else "no header in time"
+            error_logger.debug("Closing a connection from %s: %s", peer or "unix", reason)
+            return False
+        if header.local:
+            return None
+        return (header.client, header.server)
+
+
+def _peer(sock: socket.socket) -> str:
+    """The peer's host ('' on a Unix socket)."""
+    try:
+        peer = sock.getpeername()
+    except OSError:
+        return ""
+    return str(peer[0]) if isinstance(peer, tuple) else ""
