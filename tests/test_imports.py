@@ -123,6 +123,7 @@ ABOVE_PROTOCOLS = (
     "aserve.config",
     "aserve.server",
     "aserve.settings",
+    "aserve.testing",
     "aserve.supervisor",
     "aserve.reload",
 )
