@@ -278,3 +278,15 @@ def haproxy(directory: Path, servers: list[str], server_options: str = "") -> It
         yield proxy
     finally:
         proxy.stop(signal.SIGUSR1)  # soft stop: finish the connections in progress
+
+
+def http_get(port: int, path: str = "/", source: str = "127.0.0.1") -> tuple[bytes, bytes, int]:
+    """One GET on a new connection from `source`: (head, body, the client's own port)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10, source_address=(source, 0)) as s:
+        client_port = s.getsockname()[1]
+        s.sendall(f"GET {path} HTTP/1.1\r\nHost: e2e\r\nConnection: close\r\n\r\n".encode())
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    return head, body, client_port

@@ -1,0 +1,68 @@
+"""aserve behind a real HAProxy: two instances balanced, failover, PROXY protocol v2."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+
+import pytest
+from e2e_support import aserve, haproxy, http_get
+from websockets.sync.client import connect
+
+pytestmark = pytest.mark.once
+
+CLIENT = "127.0.0.2"  # the test's address; HAProxy reaches aserve from 127.0.0.1
+
+
+def get_from(port: int, path: str = "/") -> tuple[dict, int]:
+    """What the app saw of one request on a new connection from CLIENT, and its port."""
+    head, body, client_port = http_get(port, path, source=CLIENT)
+    assert head.startswith(b"HTTP/1.1 200 "), head + body
+    return json.loads(body), client_port
+
+
+def test_balanced_across_two_instances_and_fails_over(tmp_path):
+    with (
+        aserve(instance="a") as a,
+        aserve(instance="b") as b,
+        haproxy(tmp_path, [a.address, b.address]) as proxy,
+    ):
+        seen = [get_from(proxy.port, f"/{n}")[0] for n in range(8)]
+        sock = socket.create_connection(("127.0.0.1", proxy.port), source_address=(CLIENT, 0))
+        with connect(f"ws://127.0.0.1:{proxy.port}/ws", sock=sock, open_timeout=10) as ws:
+            ws_seen = json.loads(ws.recv(timeout=10))
+            ws.send("through haproxy")
+            echoed = ws.recv(timeout=10)
+        assert a.stop() == 0  # instance a goes away (a restart, a crash)
+        after = [get_from(proxy.port)[0]["instance"] for _ in range(6)]
+    assert [s["instance"] for s in seen] == ["a", "b"] * 4  # round robin, request by request
+    assert {s["client"][0] for s in seen} == {CLIENT}  # from X-Forwarded-For (option forwardfor)
+    assert [s["path"] for s in seen] == [f"/{n}" for n in range(8)]
+    assert ws_seen["client"][0] == CLIENT
+    assert echoed == "through haproxy"
+    assert after == ["b"] * 6  # retried on b, no request failed
+
+
+def has_proxy_protocol() -> bool:
+    result = subprocess.run(
+        [sys.executable, "-m", "aserve", "--help"], capture_output=True, text=True, check=True
+    )
+    return "--proxy-protocol" in result.stdout
+
+
+def test_proxy_protocol_v2(tmp_path):
+    """HAProxy announces each client with a PROXY v2 header: aserve reports the client's real
+    address and port, without any HTTP header to trust."""
+    if not has_proxy_protocol():
+        pytest.skip("this aserve has no --proxy-protocol (issue 12: PROXY protocol support)")
+    with (
+        aserve("--proxy-protocol", instance="a") as a,
+        aserve("--proxy-protocol", instance="b") as b,
+        haproxy(tmp_path, [a.address, b.address], "send-proxy-v2 check-send-proxy") as proxy,
+    ):
+        answers = [get_from(proxy.port) for _ in range(4)]
+    assert sorted(seen["instance"] for seen, _ in answers) == ["a", "a", "b", "b"]
+    for seen, client_port in answers:
+        assert seen["client"] == [CLIENT, client_port]
