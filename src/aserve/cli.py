@@ -11,7 +11,16 @@ import click
 from click.core import ParameterSource
 
 from aserve import __version__
-from aserve.config import DEFAULT_TIMEOUT_KEEP_ALIVE, LOG_LEVELS, ConfigError, parse_header_option
+from aserve.config import (
+    DEFAULT_LIMIT_REQUEST_FIELD_SIZE,
+    DEFAULT_LIMIT_REQUEST_FIELDS,
+    DEFAULT_LIMIT_REQUEST_HEAD,
+    DEFAULT_LIMIT_REQUEST_LINE,
+    DEFAULT_TIMEOUT_KEEP_ALIVE,
+    LOG_LEVELS,
+    ConfigError,
+    parse_header_option,
+)
 
 EXIT_CONFIG_ERROR = 1
 EXIT_STARTUP_FAILURE = 3
@@ -181,6 +190,41 @@ def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> 
     type=int,
     default=None,
     help="Maximum concurrent connections or tasks before answering 503.",
+)
+# Request limits (hardening; docs/security.md).
+@click.option(
+    "--limit-request-line",
+    type=int,
+    default=DEFAULT_LIMIT_REQUEST_LINE,
+    show_default=True,
+    help="Largest request line (method, target, version) in bytes; longer: 414.",
+)
+@click.option(
+    "--limit-request-field-size",
+    type=int,
+    default=DEFAULT_LIMIT_REQUEST_FIELD_SIZE,
+    show_default=True,
+    help="Largest header field (name: value) in bytes; larger: 431.",
+)
+@click.option(
+    "--limit-request-fields",
+    type=int,
+    default=DEFAULT_LIMIT_REQUEST_FIELDS,
+    show_default=True,
+    help="Most header fields in a request (and trailer fields); more: 431.",
+)
+@click.option(
+    "--limit-request-head",
+    type=int,
+    default=DEFAULT_LIMIT_REQUEST_HEAD,
+    show_default=True,
+    help="Largest request head (request line and fields) in bytes; larger: 431.",
+)
+@click.option(
+    "--limit-request-body",
+    type=int,
+    default=None,
+    help="Largest request body in bytes; larger: 413. Default: unlimited.",
 )
 @click.option(
     "--backlog",

@@ -29,6 +29,14 @@ LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 # the balancer's next request on that connection, and the balancer answers the client with a 502.
 DEFAULT_TIMEOUT_KEEP_ALIVE = 65.0
 
+# Request limits (docs/security.md says why each default). The target: a URL of 8 KiB, as nginx
+# and Apache allow; a field of 8 KiB (gunicorn's size); 100 fields (gunicorn's count); a whole
+# head of 64 KiB, enough for large cookies.
+DEFAULT_LIMIT_REQUEST_LINE = 8190
+DEFAULT_LIMIT_REQUEST_FIELD_SIZE = 8190
+DEFAULT_LIMIT_REQUEST_FIELDS = 100
+DEFAULT_LIMIT_REQUEST_HEAD = 65536
+
 
 @dataclass
 class Config:
@@ -80,6 +88,12 @@ class Config:
     # Metrics (Prometheus text on a listener of its own; off unless a port is given)
     metrics_port: int | None = None
     metrics_host: str = "127.0.0.1"
+    # Request limits (hardening).
+    limit_request_line: int = DEFAULT_LIMIT_REQUEST_LINE
+    limit_request_field_size: int = DEFAULT_LIMIT_REQUEST_FIELD_SIZE
+    limit_request_fields: int = DEFAULT_LIMIT_REQUEST_FIELDS
+    limit_request_head: int = DEFAULT_LIMIT_REQUEST_HEAD
+    limit_request_body: int | None = None
 
     def __post_init__(self) -> None:
         if self.env_file is not None:
@@ -106,6 +120,7 @@ class Config:
             raise ConfigError("timeout_graceful_shutdown must be 0 or more")
         if self.limit_concurrency is not None:
             _positive("limit_concurrency", self.limit_concurrency)
+        self._validate_limits()
         for name in ("ws_ping_interval", "ws_ping_timeout"):
             value = getattr(self, name)
             if value is not None and value <= 0:
@@ -140,6 +155,25 @@ class Config:
             raise ConfigError(
                 f"metrics_port must differ from port ({port}): metrics never share the "
                 "app's listener"
+            )
+
+    def _validate_limits(self) -> None:
+        for name in (
+            "limit_request_line",
+            "limit_request_field_size",
+            "limit_request_fields",
+            "limit_request_head",
+        ):
+            _positive(name, getattr(self, name))
+        if self.limit_request_body is not None and (
+            not isinstance(self.limit_request_body, int) or self.limit_request_body < 0
+        ):
+            raise ConfigError(
+                f"limit_request_body must be 0 or more, got {self.limit_request_body!r}"
+            )
+        if self.limit_request_head < 64:
+            raise ConfigError(
+                f"limit_request_head must be 64 or more, got {self.limit_request_head}"
             )
 
     @property

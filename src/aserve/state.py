@@ -39,6 +39,11 @@ class ServerState:
         "http_scope_template",
         "lifespan_state",
         "limit_concurrency",
+        "limit_request_body",
+        "limit_request_field_size",
+        "limit_request_fields",
+        "limit_request_head",
+        "limit_request_line",
         "loop",
         "metrics",
         "root_path",
@@ -46,6 +51,7 @@ class ServerState:
         "tasks",
         "timeout_keep_alive",
         "trusted_proxies",
+        "valid_host",
         "websockets",
     )
 
@@ -70,6 +76,14 @@ class ServerState:
         self.root_path = config.root_path
         self.http_scope_template = http_scope_template(config.root_path)
         self.limit_concurrency = config.limit_concurrency
+        # Request limits (docs/security.md).
+        self.limit_request_line = config.limit_request_line
+        self.limit_request_head = config.limit_request_head
+        self.limit_request_field_size = config.limit_request_field_size
+        self.limit_request_fields = config.limit_request_fields
+        self.limit_request_body = config.limit_request_body
+        # The last Host header found valid: most requests repeat it, and then skip the check.
+        self.valid_host = b""
         self.timeout_keep_alive = config.timeout_keep_alive
         self.trusted_proxies: TrustedProxies | None = (
             parse_trusted(config.forwarded_allow_ips) if config.proxy_headers else None

@@ -14,6 +14,7 @@ Connection states, derived from the fields rather than stored twice:
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import unquote
 
@@ -29,6 +30,17 @@ from aserve.protocols.headers import (
     encode_headers,
     status_code,
     status_line,
+)
+from aserve.protocols.rejection import (
+    BAD_REQUEST,
+    CONTENT_TOO_LARGE,
+    FIELDS_TOO_LARGE,
+    NOT_IMPLEMENTED,
+    URI_TOO_LONG,
+    VERSION_NOT_SUPPORTED,
+    RequestRejected,
+    classify,
+    error_response,
 )
 from aserve.proxy import TrustedProxies, apply_forwarded_headers
 from aserve.tasks import start_app, task_done, task_exception
@@ -59,6 +71,7 @@ _METHODS: Final[dict[bytes, str]] = {
 
 _SLASH: Final = ord("/")
 _HASH: Final = ord("#")
+_AUTHORITY: Final = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[\w.~!$&'()*+,;=%-]+):[0-9]+", re.ASCII)
 _QUESTION_MARK: Final = ord("?")
 
 _ASGI: Final[dict[str, str]] = {"version": ASGI_VERSION, "spec_version": HTTP_SPEC_VERSION}
@@ -74,6 +87,14 @@ _KEEP_ALIVE: Final = b"connection: keep-alive\r\n"
 _LAST_CHUNK: Final = b"0\r\n\r\n"
 
 _ERROR_HEADERS: Final = [(b"content-type", b"text/plain; charset=utf-8")]
+
+# What a Host header may hold (RFC 9110, 7.2: uri-host [":" port]); checked once per distinct
+# value, see `ServerState.valid_host`.
+_HOST: Final = re.compile(
+    rb"(?:\[[0-9A-Fa-f:.]+\]|\[v[0-9A-Fa-f]+\.[\w.~!$&'()*+,;=:-]+\]|[\w.~!$&'()*+,;=%-]*)"
+    rb"(?::[0-9]*)?",
+    re.ASCII,
+)
 
 
 class RequestCycle:
@@ -377,11 +398,16 @@ class HttpProtocol(asyncio.Protocol):
         "_active",
         "_batch",
         "_batch_size",
+        "_body_received",
         "_closed",
+        "_content_length",
         "_expect_100",
+        "_fields",
         "_forwarded",
         "_given_addresses",
+        "_head_size",
         "_headers",
+        "_host",
         "_idle_since",
         "_line_chunk",
         "_parsing",
@@ -389,7 +415,10 @@ class HttpProtocol(asyncio.Protocol):
         "_pending_error",
         "_proxy",
         "_queue",
+        "_raw",
+        "_rejected",
         "_timer",
+        "_transfer_encoding",
         "_upgrade",
         "_upgrade_offer",
         "_url",
@@ -430,6 +459,17 @@ class HttpProtocol(asyncio.Protocol):
         self._line_chunk: bytes | None = None
         self._expect_100 = False
         self._forwarded = False
+        # The head being parsed, as far as the rules of RFC 9112 and our limits need it.
+        self._host: bytes | None = None
+        self._transfer_encoding: bytes | None = None
+        self._content_length = -1
+        self._head_size = 0  # its fields so far, each counted as `name: value CRLF`
+        self._fields = 0
+        # Bytes received since the parser last gave us something (a head, a piece of body):
+        # what httptools holds unseen, a header line in progress above all (see `_check_raw`).
+        self._raw = 0
+        self._body_received = 0  # of the request being read, for --limit-request-body
+        self._rejected = False  # after an error response nothing more is parsed
         self._upgrade: bytes | None = None
         self._upgrade_offer: bytes | None = None  # the request's Upgrade header, lowercased
         self._websocket_scope: dict[str, Any] | None = None
@@ -478,19 +518,24 @@ class HttpProtocol(asyncio.Protocol):
         self.flow.resume()  # a waiting sender wakes and finds its cycle disconnected
 
     def data_received(self, data: bytes) -> None:
-        if self._upgrade is not None:
-            return  # after an Upgrade we do not speak: the bytes are not HTTP requests
+        if self._upgrade is not None or self._rejected:
+            # After an Upgrade we do not speak: the bytes are not HTTP requests. After an
+            # error we never look for where a next request might begin.
+            return
         # Between messages (no URL yet, no body being read), the chunk begins with the next
         # request line or with the blank lines allowed before one (see `_http_version`).
         self._line_chunk = data if not self._url and self._parsing is None else None
+        self._raw += len(data)
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
             self._handle_upgrade(data[upgrade.args[0] :] if upgrade.args else b"")
-        except httptools.HttpParserCallbackError as exc:
-            self._bad_request(_callback_error_reason(exc))
         except httptools.HttpParserError as exc:
-            self._bad_request(str(exc) or type(exc).__name__)
+            status, reason = classify(exc)
+            self._reject(status, reason)
+        else:
+            if self._raw:  # the read ended inside a head, or between two pieces of a body
+                self._check_raw()
         self._line_chunk = None
         self._run_queue()
 
@@ -507,17 +552,61 @@ class HttpProtocol(asyncio.Protocol):
 
     def on_url(self, url: bytes) -> None:
         self._url += url
+        if len(self._url) > self.state.limit_request_line:
+            raise RequestRejected(URI_TOO_LONG, "request target too long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
         name = name.translate(_LOWERCASE)
         size = len(name)  # compared first: most names are none of these, and that is cheap
-        if size == 6 and name == b"expect" and value.lower() == b"100-continue":
+        # Sizes as if each field were written `name: value CRLF`, whatever the whitespace and
+        # however the bytes were split into reads; trailers count afresh, like a second head.
+        line = size + len(value) + 4
+        self._head_size += line
+        self._fields += 1
+        state = self.state
+        if (
+            line > state.limit_request_field_size
+            or self._head_size > state.limit_request_head
+            or self._fields > state.limit_request_fields
+        ):
+            self._fields_too_large(line)
+        if self._parsing is not None:
+            return  # a trailer field of a chunked body: counted, never a header of the next request
+        if size == 4 and name == b"host":
+            self._on_host(value)
+        elif size == 6 and name == b"expect" and value.lower() == b"100-continue":
             self._expect_100 = True
         elif size > 12 and name[:12] == b"x-forwarded-":
             self._forwarded = True
         elif size == 7 and name == b"upgrade" and self._upgrade_offer is None:
             self._upgrade_offer = value.lower()
+        elif size == 14 and name == b"content-length":
+            self._content_length = int(value)  # llhttp has checked it: digits, only one
+        elif size == 17 and name == b"transfer-encoding":
+            self._transfer_encoding = value  # llhttp refuses a second one
         self._headers.append((name, value))
+
+    def _fields_too_large(self, line: int) -> None:
+        state = self.state
+        if line > state.limit_request_field_size:
+            reason = "header field too large"
+        elif self._fields > state.limit_request_fields:
+            reason = "too many header fields"
+        else:
+            reason = "request head too large"
+        if self._parsing is not None:
+            reason = reason.replace("header field", "trailer field").replace("head", "trailers")
+        raise RequestRejected(FIELDS_TOO_LARGE, reason)
+
+    def _on_host(self, value: bytes) -> None:
+        if self._host is not None:
+            raise RequestRejected(BAD_REQUEST, "more than one Host header")
+        state = self.state
+        if value != state.valid_host:  # most requests repeat the last valid one
+            if _HOST.fullmatch(value) is None:
+                raise RequestRejected(BAD_REQUEST, "invalid Host header")
+            state.valid_host = value
+        self._host = value
 
     def on_headers_complete(self) -> None:
         parser = self.parser
@@ -532,19 +621,37 @@ class HttpProtocol(asyncio.Protocol):
         else:
             method = _METHODS.get(raw_method) or raw_method.decode("ascii")
         target = self._url
-        http_version = self._http_version(len(raw_method) + len(target) + 2)
+        version_at = len(raw_method) + len(target) + 2
+        http_version = self._http_version(version_at)
         headers = self._headers
         expect_100 = self._expect_100
         forwarded = self._forwarded
         upgrade_offer = self._upgrade_offer
+        host = self._host
+        content_length = self._content_length
+        head_size = self._head_size
         # Ready for the next request head (no on_message_begin: one Python call less each).
         self._url = b""
         self._headers = []
         self._expect_100 = self._forwarded = False
         self._upgrade_offer = None
+        self._host = None
+        self._content_length = -1
+        self._head_size = self._fields = self._raw = self._body_received = 0
+        # The request line is `method SP target SP HTTP/1.1 CRLF`, the head ends with CRLF.
+        if version_at + 10 > state.limit_request_line:
+            raise RequestRejected(URI_TOO_LONG, "request line too long")
+        if head_size + version_at + 12 > state.limit_request_head:
+            raise RequestRejected(FIELDS_TOO_LARGE, "request head too large")
+        if http_version != "1.1" or host is None or self._transfer_encoding is not None:
+            self._check_framing(http_version, host)
+        if content_length > 0:
+            limit = state.limit_request_body
+            if limit is not None and content_length > limit:
+                raise RequestRejected(CONTENT_TOO_LARGE, "request body too large")
         # Origin form, "/path?query". (An int needle: `b"#" in target` first tries the bytes
         # as an int and formats a TypeError, about 3k instructions per request.)
-        if target[0] == _SLASH and _HASH not in target:
+        if target[0] == _SLASH and _HASH not in target and method != "CONNECT":
             if _QUESTION_MARK in target:
                 raw_path, _, query = target.partition(b"?")
             else:
@@ -598,6 +705,25 @@ class HttpProtocol(asyncio.Protocol):
         if len(self._queue) > PIPELINE_HIGH_WATER:
             self.pause_reading(_PAUSED_FOR_PIPELINE)
 
+    def _check_framing(self, http_version: str, host: bytes | None) -> None:
+        """The rules for a head that is not HTTP/1.1 with a Host and without
+        Transfer-Encoding (RFC 9112, 2.3, 3.2 and 6.1)."""
+        transfer_encoding = self._transfer_encoding
+        self._transfer_encoding = None
+        if http_version != "1.1" and http_version != "1.0":
+            # llhttp lets through HTTP/0.9 (`GET /` alone) and HTTP/2.0 request lines.
+            raise RequestRejected(VERSION_NOT_SUPPORTED, "HTTP version not supported")
+        if host is None and http_version == "1.1":
+            raise RequestRejected(BAD_REQUEST, "missing Host header")
+        if transfer_encoding is not None:
+            if http_version == "1.0":
+                raise RequestRejected(BAD_REQUEST, "Transfer-Encoding in an HTTP/1.0 request")
+            codings = transfer_encoding.lower().split(b",")
+            if codings[-1].strip() != b"chunked":  # the body's length would be unknown
+                raise RequestRejected(BAD_REQUEST, "the final transfer coding is not chunked")
+            if len(codings) > 1:  # we decode no other coding
+                raise RequestRejected(NOT_IMPLEMENTED, "unsupported transfer coding")
+
     def _http_version(self, version_at: int) -> str:
         """ "1.1" or "1.0" (llhttp refuses other versions), for the head just parsed.
 
@@ -621,10 +747,17 @@ class HttpProtocol(asyncio.Protocol):
         return version_text
 
     def on_body(self, body: bytes) -> None:
+        self._raw = 0
+        limit = self.state.limit_request_body
+        if limit is not None:
+            self._body_received += len(body)
+            if self._body_received > limit:
+                raise RequestRejected(CONTENT_TOO_LARGE, "request body too large")
         if self._parsing is not None:
             self._parsing.feed_body(body)
 
     def on_message_complete(self) -> None:
+        self._raw = 0
         cycle = self._parsing
         if cycle is not None:
             self._parsing = None
@@ -768,37 +901,46 @@ class HttpProtocol(asyncio.Protocol):
             deadline = now + timeout
         self._timer = self.loop.call_at(deadline, self._on_keep_alive_timer)
 
-    def _bad_request(self, reason: str) -> None:
-        message = reason.strip().rstrip(".") or "malformed request"
-        error_logger.debug("Invalid HTTP request: %s", message)
-        body = f"Invalid HTTP request: {message}.\n".encode("ascii", "replace")
+    def _check_raw(self) -> None:
+        """After a read that left bytes the parser holds unseen: a head in progress (a header
+        line above all: httptools hands us a field only once it is complete), or chunk-size
+        lines, extensions and trailers between two pieces of body. Whatever the split, it
+        may not outgrow the limits of a whole head."""
+        if self._raw > self.state.limit_request_head + self.state.limit_request_field_size:
+            if self._parsing is None:
+                self._reject(FIELDS_TOO_LARGE, "request head too large")
+            else:
+                self._reject(BAD_REQUEST, "chunk extensions or trailers too large")
+
+    def _reject(self, status: int, reason: str) -> None:
+        """Answer a request we refuse with one error response, after the responses owed to
+        the requests before it, then close: nothing after it is ever parsed or served."""
+        error_logger.debug("Invalid HTTP request (%d): %s", status, reason)
+        self._rejected = True
         self.pause_reading(_PAUSED_FOR_SHUTDOWN)
+        response = error_response(status, reason, self.state.default_headers)
         parsing = self._parsing
         if parsing is not None:
             # The error is inside this request's body: for its app, the client went away.
             self._parsing = None
             parsing.lose_connection()
             if parsing in self._queue:
-                self._queue.remove(parsing)
-            if parsing is self._active:
-                if parsing.started:
-                    self.abort()
-                    return
+                self._queue.remove(parsing)  # not started: the error is its answer
+            elif parsing.started or parsing.complete:
+                self.abort()  # it has (part of) an answer already: a second one would lie
+                return
+            elif parsing is self._active:
                 self._active = None
         if self._active is None and not self._queue:
-            self._send_error_and_close(body)
+            self._send_error_and_close(response)
         else:
-            self._pending_error = body  # answered after the responses already owed
+            self._pending_error = response  # answered after the responses already owed
 
-    def _send_error_and_close(self, body: bytes) -> None:
+    def _send_error_and_close(self, response: bytes) -> None:
         self._pending_error = None
         if self.state.metrics is not None:
-            self.state.metrics.error_response(400)
-        self.write(
-            b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain; charset=utf-8\r\n"
-            b"content-length: %d\r\n%sconnection: close\r\n\r\n%s"
-            % (len(body), self.state.default_headers, body)
-        )
+            self.state.metrics.error_response(int(response[9:12]))
+        self.write(response)
         self._close()
 
     def _handle_upgrade(self, trailing: bytes) -> None:
@@ -838,28 +980,29 @@ def _address(value: Any) -> tuple[str, int] | None:
     return None
 
 
-def _callback_error_reason(exc: Exception) -> str:
-    """What to tell the client when one of our parser callbacks refused the request.
-
-    httptools wraps the callback's exception as "User callback error"; ours say what was
-    wrong. Anything else is a bug of ours: it is logged in full, and the client only learns
-    that its request could not be processed.
-    """
-    cause = exc.__context__
-    if isinstance(cause, httptools.HttpParserError):
-        return str(cause)
-    error_logger.error("Exception while parsing a request head", exc_info=cause)
-    return "the request head could not be processed"
-
-
 def _split_target(target: bytes, method: str) -> tuple[bytes, bytes]:
-    """The path and query of an absolute-form or asterisk-form request target."""
-    if target == b"*" and method == "OPTIONS":
+    """The path and query of a request target that is not a plain origin form: absolute form,
+    asterisk form (OPTIONS only), authority form (CONNECT only, which we do not serve), or a
+    target with a fragment, which no form allows (RFC 9112, 3.2)."""
+    if method == "CONNECT":
+        if _AUTHORITY.fullmatch(target) is None:
+            raise RequestRejected(BAD_REQUEST, "CONNECT needs a host:port target")
+        raise RequestRejected(NOT_IMPLEMENTED, "CONNECT is not supported")
+    if target == b"*":
+        if method != "OPTIONS":
+            raise RequestRejected(BAD_REQUEST, "'*' is a target for OPTIONS only")
         return b"*", b""
+    if _HASH in target:
+        raise RequestRejected(BAD_REQUEST, "fragment in the request target")
+    if target[0] == _SLASH:  # an origin form reaches here only from CONNECT (refused above)
+        raw_path, _, query = target.partition(b"?")
+        return raw_path, query
     try:
         # Any, not httptools' URL: its stubs say bytes where an absent part is None, and the
         # compiled module would check the stubs' type on every read.
         url: Any = httptools.parse_url(target)
     except httptools.HttpParserInvalidURLError:
-        raise httptools.HttpParserError("invalid request target") from None
+        raise RequestRejected(BAD_REQUEST, "invalid request target") from None
+    if url.schema is None or url.schema.lower() not in (b"http", b"https") or not url.host:
+        raise RequestRejected(BAD_REQUEST, "invalid request target")
     return url.path or b"/", url.query or b""

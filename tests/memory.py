@@ -1,0 +1,131 @@
+"""An in-memory connection: aserve's HTTP protocol fed bytes in any split, no socket.
+
+Fast enough to run a request once per split point, and exact about what the protocol wrote
+and whether it closed, which a socket test can only observe through timing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from aserve.config import Config
+from aserve.protocols.http import HttpProtocol
+from aserve.state import ServerState
+
+STATUS_LINE = re.compile(rb"HTTP/1\.1 (\d{3}) ")
+
+
+class MemoryTransport(asyncio.Transport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.data = bytearray()
+        self.closed = False
+        self.paused = False
+        self.protocol: Any = None
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return {"sockname": ("127.0.0.1", 8000), "peername": ("127.0.0.1", 50000)}.get(
+            name, default
+        )
+
+    def write(self, data: Any) -> None:
+        assert not self.closed, "write after close"
+        self.data += data
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            asyncio.get_running_loop().call_soon(self.protocol.connection_lost, None)
+
+    def abort(self) -> None:
+        self.close()
+
+    def pause_reading(self) -> None:
+        self.paused = True
+
+    def resume_reading(self) -> None:
+        self.paused = False
+
+    def set_protocol(self, protocol: Any) -> None:
+        self.protocol = protocol
+
+    def get_protocol(self) -> Any:
+        return self.protocol
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+
+@dataclass
+class Outcome:
+    data: bytes
+    closed: bool
+    calls: list[dict[str, Any]] = field(default_factory=list)
+    bodies: list[bytes] = field(default_factory=list)
+
+    @property
+    def statuses(self) -> list[int]:
+        return [int(code) for code in STATUS_LINE.findall(self.data)]
+
+
+def recording_app(outcome: Outcome) -> Any:
+    """Reads the whole body, then answers 200 with the path: every call is recorded."""
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        outcome.calls.append(scope)
+        body = b""
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return
+            body += message["body"]
+            if not message.get("more_body"):
+                break
+        outcome.bodies.append(body)
+        payload = scope["path"].encode()
+        headers = [(b"content-length", str(len(payload)).encode())]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": payload})
+
+    return app
+
+
+async def exchange(pieces: Iterable[bytes], app: Any = None, **options: Any) -> Outcome:
+    """Feed `pieces` as separate reads into one connection; what did the server answer?"""
+    outcome = Outcome(b"", False)
+    application = app if app is not None else recording_app(outcome)
+    options.setdefault("access_log", False)
+    loop = asyncio.get_running_loop()
+    state = ServerState(Config(app=application, **options), application, loop)
+    protocol = HttpProtocol(state)
+    transport = MemoryTransport()
+    transport.protocol = protocol
+    protocol.connection_made(transport)
+    for piece in pieces:
+        if transport.closed:
+            break
+        transport.protocol.data_received(piece)
+        await asyncio.sleep(0)
+    for _ in range(5):
+        await asyncio.sleep(0)
+    if not transport.closed:
+        transport.protocol.connection_lost(None)
+    await asyncio.sleep(0)
+    outcome.data = bytes(transport.data)
+    outcome.closed = transport.closed
+    return outcome
+
+
+def splits(data: bytes) -> Iterator[list[bytes]]:
+    """The bytes whole, cut in two at every position, and one byte per read."""
+    yield [data]
+    for cut in range(1, len(data)):
+        yield [data[:cut], data[cut:]]
+    yield [data[i : i + 1] for i in range(len(data))]
