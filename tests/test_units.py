@@ -111,6 +111,7 @@ def test_forwarded_for_takes_rightmost_untrusted_hop():
         ({"headers": [("x", "a\nb")]}, "control character"),
         ({"access_log_format": "{nope}"}, "unknown field {nope}"),
         ({"ws_ping_interval": -1}, "ws_ping_interval"),
+        ({"ws_close_timeout": 0}, "ws_close_timeout must be greater than 0"),
         ({"uds": "/tmp/x", "fd": 3}, "only one of uds and fd"),
     ],
 )

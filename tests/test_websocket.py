@@ -22,6 +22,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
 from aserve.asgi import ClientDisconnected
+from aserve.logging import TRACE
 from conftest import read_response, read_until_close, serve
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -735,3 +736,51 @@ def test_fastapi_websocket_endpoint():
             time.sleep(0.01)
     assert refused.value.response.status_code == 403
     assert closed == [1000]
+
+
+# -- closing wait and websockets' own logger -------------------------------------------------
+
+
+def test_ws_close_timeout_bounds_the_wait_for_a_silent_peer():
+    async def app(scope, receive, send):
+        await receive()
+        await send({"type": "websocket.accept"})
+        await send({"type": "websocket.close", "code": 1000})
+
+    with serve(app, ws_close_timeout=0.3) as server, raw_websocket(server) as sock:
+        started = time.monotonic()
+        data = read_until_close(sock, timeout=8)  # never answers the Close, never closes
+        waited = time.monotonic() - started
+    assert close_code(data) == 1000
+    assert 0.2 < waited < 5  # the flag's 0.3 s, not the default 10 s
+
+
+def test_websockets_connection_lines_stay_out_of_an_info_root_logger(caplog):
+    """An app that sets the root logger to INFO must not get websockets' "connection open" (and
+    the like) for every WebSocket; those lines are aserve's, at TRACE, when asked for."""
+    caplog.set_level(logging.INFO)  # the root logger, as `logging.basicConfig(level=INFO)`
+    with serve(echo) as server:
+        with connect(ws_url(server)) as ws:
+            ws.send("hi")
+            assert ws.recv() == "hi"
+        deadline = time.monotonic() + 10
+        while server.server.state.connections and time.monotonic() < deadline:
+            time.sleep(0.01)  # the server side has seen the close
+        assert not server.server.state.connections
+    server_lines = [
+        r for r in caplog.records if r.name.startswith(("websockets.server", "aserve.websockets"))
+    ]
+    assert server_lines == [], [r.getMessage() for r in server_lines]
+
+    caplog.clear()
+    caplog.set_level(TRACE, logger="aserve.websockets")
+    with serve(echo) as server:
+        with connect(ws_url(server)) as ws:
+            ws.send("hi")
+            assert ws.recv() == "hi"
+        deadline = time.monotonic() + 10
+        while server.server.state.connections and time.monotonic() < deadline:
+            time.sleep(0.01)
+    routed = [(r.levelno, r.getMessage()) for r in caplog.records if r.name == "aserve.websockets"]
+    assert (TRACE, "connection open") in routed, routed
+    assert not [r for r in caplog.records if r.name.startswith("websockets.server")]

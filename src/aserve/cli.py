@@ -298,6 +298,14 @@ def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> 
     show_default=True,
     help="Bind the metrics listener to this host.",
 )
+# WebSocket close wait, log format (extensions)
+@click.option(
+    "--ws-close-timeout",
+    type=float,
+    default=10.0,
+    show_default=True,
+    help="Seconds to wait for the peer to finish a WebSocket closing handshake.",
+)
 @click.option(
     "--version",
     is_flag=True,

@@ -94,6 +94,8 @@ class Config:
     limit_request_fields: int = DEFAULT_LIMIT_REQUEST_FIELDS
     limit_request_head: int = DEFAULT_LIMIT_REQUEST_HEAD
     limit_request_body: int | None = None
+    # WebSocket close wait, log format (extensions)
+    ws_close_timeout: float = 10.0
 
     def __post_init__(self) -> None:
         if self.env_file is not None:
@@ -107,6 +109,10 @@ class Config:
         _choice("ws", self.ws, ("auto", "websockets", "none"))
         _choice("lifespan", self.lifespan, ("auto", "on", "off"))
         _choice("interface", self.interface, ("auto", "asgi3", "asgi2"))
+        if not self.ws_close_timeout > 0:
+            raise ConfigError(
+                f"ws_close_timeout must be greater than 0, got {self.ws_close_timeout!r}"
+            )
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"port must be between 0 and 65535, got {self.port}")
         if sum(x is not None for x in (self.uds, self.fd)) > 1:

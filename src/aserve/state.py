@@ -36,6 +36,7 @@ class ServerState:
         "config",
         "connections",
         "default_headers",
+        "duration_clock",
         "http_scope_template",
         "lifespan_state",
         "limit_concurrency",
@@ -99,6 +100,9 @@ class ServerState:
         )
         # The loop's clock as a stored callable: a call without a method lookup per request.
         self.clock: Callable[[], float] = loop.time
+        # Durations (access log) need a clock that moves within one loop iteration: uvloop's
+        # `loop.time()` is cached per iteration, so a request answered inside one would last 0.
+        self.duration_clock: Callable[[], float] = time.perf_counter
         self._server_header = b"server: aserve\r\n" if config.server_header else b""
         self._extra_headers = b"".join(
             [f"{name}: {value}\r\n".encode("latin-1") for name, value in config.headers]

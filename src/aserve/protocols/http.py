@@ -360,11 +360,11 @@ class RequestCycle:
         conn = self.conn
         state = conn.state
         if state.access_log is not None:
-            duration = state.clock() - self.start_time
+            duration = state.duration_clock() - self.start_time
             state.access_log.log(self.scope, self.status, self.bytes_sent, duration)
         metrics = state.metrics
         if metrics is not None:
-            duration = state.clock() - self.start_time
+            duration = state.duration_clock() - self.start_time
             metrics.response_complete(self.status, self.bytes_sent, self.received, duration)
         conn.response_complete(self)
 
@@ -697,7 +697,7 @@ class HttpProtocol(asyncio.Protocol):
             self, scope, http10, method == "HEAD", keep_alive, expect_100 and not http10
         )
         if state.access_log is not None or state.metrics is not None:
-            cycle.start_time = state.clock()
+            cycle.start_time = state.duration_clock()
             if state.metrics is not None:
                 state.metrics.request_received()
         self._parsing = cycle

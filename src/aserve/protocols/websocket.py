@@ -36,7 +36,7 @@ from websockets.server import ServerProtocol
 
 from aserve.asgi import ASGI_VERSION, WEBSOCKET_SPEC_VERSION, ClientDisconnected
 from aserve.flow_control import READY, WriteFlow
-from aserve.logging import error_logger, escape, escape_bytes
+from aserve.logging import TRACE, error_logger, escape, escape_bytes
 from aserve.protocols.headers import encode_headers, status_line
 from aserve.tasks import start_task
 
@@ -50,10 +50,6 @@ CONNECTING = "connecting"
 OPEN = "open"
 CLOSING = "closing"
 CLOSED = "closed"
-
-# How long we wait for the peer to finish a closing handshake (or to close TCP after an HTTP
-# rejection) before dropping the connection.
-CLOSE_TIMEOUT = 10.0
 
 _PAUSED_EARLY = 1  # frames sent before our 101: kept, not parsed, until the app accepts
 _PAUSED_QUEUE = 2  # ws_max_queue messages wait for the app
@@ -76,6 +72,26 @@ _DEFLATE = (
 
 _utf8_decoder = codecs.getincrementaldecoder("utf-8")
 _access_logger = logging.getLogger("aserve.access")
+
+
+class _WebSocketsLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """What websockets logs per connection, routed to `aserve.websockets`, quieter.
+
+    Left to itself, `ServerProtocol` logs "connection open", "connection closed" and
+    "connection rejected" at INFO on `websockets.server`, so an app that turns on INFO for the
+    root logger prints them for every WebSocket (the access log already says as much). Here its
+    INFO and DEBUG lines go out at TRACE (`--log-level trace` shows them, with websockets' frame
+    dumps), and its warnings and errors stay what they are, under aserve's handlers.
+    """
+
+    def log(self, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
+        super().log(TRACE if level < logging.WARNING else level, msg, *args, **kwargs)
+
+    def isEnabledFor(self, level: int) -> bool:
+        return self.logger.isEnabledFor(TRACE if level < logging.WARNING else level)
+
+
+_websockets_logger = _WebSocketsLogger(logging.getLogger("aserve.websockets"))
 
 
 _recv_frame = ServerProtocol.recv_frame
@@ -139,6 +155,7 @@ class WebSocketProtocol(asyncio.Protocol):
             extensions=_DEFLATE if config.ws_per_message_deflate else None,
             max_size=config.ws_max_size,
             state=State.OPEN,
+            logger=_websockets_logger,
         )
         self.protocol.state = State.CONNECTING
         self.scope = http_scope  # replaced by the websocket scope once the handshake is valid
@@ -579,7 +596,7 @@ class WebSocketProtocol(asyncio.Protocol):
         self._resume_reading(_PAUSED_QUEUE | _PAUSED_EARLY)  # the peer's Close must be read
         self._cancel_timer()
         self._ping_payload = None
-        self._timer = self.loop.call_later(CLOSE_TIMEOUT, self.abort)
+        self._timer = self.loop.call_later(self.state.config.ws_close_timeout, self.abort)
 
     def _flush(self) -> None:
         writes = self.protocol.data_to_send()
@@ -599,7 +616,7 @@ class WebSocketProtocol(asyncio.Protocol):
             if self._phase is not CLOSING:
                 self._phase = CLOSING
                 self._cancel_timer()
-                self._timer = self.loop.call_later(CLOSE_TIMEOUT, self.abort)
+                self._timer = self.loop.call_later(self.state.config.ws_close_timeout, self.abort)
             self._resume_reading(_PAUSED_QUEUE | _PAUSED_EARLY)
             if transport.can_write_eof() and not self.state.shutting_down:
                 try:
