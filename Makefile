@@ -8,7 +8,7 @@ PYTHON ?= $(shell for p in python3.13 python3.12 $$HOME/.pyenv/versions/3.13*/bi
 PIP := $(VENV)/bin/python -m pip
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint format bench bench-workers bench-startup autobahn clean install
+.PHONY: demo test test-all-pythons docs lint format bench bench-workers bench-startup autobahn clean install
 
 $(VENV)/bin/python:
 	@test -n "$(PYTHON)" || { echo "Error: no CPython 3.11+ found; set PYTHON=/path/to/python3" >&2; exit 1; }
@@ -72,9 +72,39 @@ bench-workers: $(VENV)/.installed-bench
 bench-startup: $(VENV)/.installed-bench
 	$(VENV)/bin/python benchmarks/startup_memory.py $(BENCH_ARGS)
 
+# The documentation site, built strictly (a broken link or anchor fails) into site/. Needs only
+# the docs extra's packages, not aserve itself, so it is quick on a fresh clone.
+$(VENV)/.installed-docs: $(VENV)/bin/python pyproject.toml
+	$(PIP) install -q $$($(VENV)/bin/python -c 'import tomllib; \
+		print(" ".join(tomllib.load(open("pyproject.toml", "rb"))\
+		["project"]["optional-dependencies"]["docs"]))')
+	@touch $@
+
+docs: $(VENV)/.installed-docs
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
+
+# `make test` on every supported CPython the machine has, one venv each (.venv-3.11, ...);
+# says which versions ran and which the machine lacks, and fails if none ran.
+SUPPORTED_PYTHONS := 3.11 3.12 3.13
+test-all-pythons:
+	@set -e; ran=""; missing=""; \
+	for version in $(SUPPORTED_PYTHONS); do \
+		found=""; \
+		for candidate in python$$version $$HOME/.pyenv/versions/$$version.*/bin/python3; do \
+			if $$candidate -c "import sys; assert '%d.%d' % sys.version_info[:2] == '$$version'" \
+				>/dev/null 2>&1; then found=$$candidate; break; fi; \
+		done; \
+		if [ -z "$$found" ]; then missing="$$missing $$version"; continue; fi; \
+		echo "== CPython $$version ($$found) =="; \
+		$(MAKE) --no-print-directory test PYTHON=$$found VENV=.venv-$$version; \
+		ran="$$ran $$version"; \
+	done; \
+	echo "== suite passed on CPython$${ran:- none}$${missing:+; not on this machine:$$missing} =="; \
+	test -n "$$ran"
+
 autobahn: $(VENV)/.installed-dev
 	$(VENV)/bin/python benchmarks/autobahn.py $(AUTOBAHN_ARGS)
 
 clean:
-	rm -rf $(VENV) .venv311 build src/*.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) .venv311 .venv-3.* site build src/*.egg-info .pytest_cache .ruff_cache
 	find src -name '*.so' -delete

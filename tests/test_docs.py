@@ -1,0 +1,123 @@
+"""The docs stay true: links resolve, and the uvicorn migration table covers every flag."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from aserve.cli import cli
+
+DOCS = Path(__file__).parent.parent / "docs"
+PAGES = sorted(DOCS.glob("*.md"))
+
+# `uvicorn --help` of uvicorn 0.54, the version docs/migrating.md describes.
+UVICORN_FLAGS = [
+    "--host",
+    "--port",
+    "--uds",
+    "--fd",
+    "--reload",
+    "--reload-dir",
+    "--reload-include",
+    "--reload-exclude",
+    "--reload-delay",
+    "--workers",
+    "--loop",
+    "--http",
+    "--http2",
+    "--ws",
+    "--ws-max-size",
+    "--ws-max-queue",
+    "--ws-ping-interval",
+    "--ws-ping-timeout",
+    "--ws-per-message-deflate",
+    "--lifespan",
+    "--interface",
+    "--env-file",
+    "--log-config",
+    "--log-level",
+    "--access-log",
+    "--no-access-log",
+    "--use-colors",
+    "--no-use-colors",
+    "--proxy-headers",
+    "--no-proxy-headers",
+    "--server-header",
+    "--no-server-header",
+    "--date-header",
+    "--no-date-header",
+    "--forwarded-allow-ips",
+    "--root-path",
+    "--limit-concurrency",
+    "--backlog",
+    "--limit-max-requests",
+    "--limit-max-requests-jitter",
+    "--timeout-keep-alive",
+    "--timeout-graceful-shutdown",
+    "--timeout-worker-healthcheck",
+    "--ssl-keyfile",
+    "--ssl-certfile",
+    "--ssl-keyfile-password",
+    "--ssl-version",
+    "--ssl-cert-reqs",
+    "--ssl-ca-certs",
+    "--ssl-ciphers",
+    "--header",
+    "--version",
+    "--app-dir",
+    "--h11-max-incomplete-event-size",
+    "--reset-contextvars",
+    "--factory",
+    "--help",
+]
+
+ASERVE_FLAGS = {
+    opt for param in cli.params for opt in (*param.opts, *param.secondary_opts) if opt[:2] == "--"
+} | {"--help"}
+
+
+def migration_rows() -> dict[str, tuple[set[str], str]]:
+    """uvicorn flag -> (aserve flags named in the second column, that column's text)."""
+    rows = {}
+    text = (DOCS / "migrating.md").read_text()
+    for line in text.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if len(cells) != 3 or not cells[0].startswith("`--"):
+            continue
+        ours = set(re.findall(r"`(--[a-z0-9-]+)`", cells[1]))
+        for flag in re.findall(r"`(--[a-z0-9-]+)`", cells[0]):
+            rows[flag] = (ours, cells[1])
+    return rows
+
+
+def test_every_uvicorn_flag_has_a_row():
+    assert sorted(set(UVICORN_FLAGS) - set(migration_rows())) == []
+
+
+@pytest.mark.parametrize("flag", UVICORN_FLAGS)
+def test_migration_row_is_true(flag):
+    ours, column = migration_rows()[flag]
+    assert ours <= ASERVE_FLAGS, f"{flag}: the table names options aserve does not have"
+    if flag in ASERVE_FLAGS:
+        assert flag in ours, f"aserve has {flag} now: docs/migrating.md still says {column!r}"
+    else:
+        assert ours or column in ("none", "not yet"), f"{flag}: say 'none' or 'not yet'"
+
+
+LINK = re.compile(r"\]\(([^)\s]+)\)")
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda page: page.name)
+def test_links_between_pages_resolve(page):
+    """What `mkdocs build --strict` (make docs) would refuse, caught by the suite.
+
+    The site has only docs/: refer to other files of the repository as `path`, not as a link.
+    """
+    for target in LINK.findall(page.read_text()):
+        if re.match(r"[a-z]+:", target) or target.startswith("#"):
+            continue
+        path = target.split("#", 1)[0]
+        assert not path.startswith(("/", "..")), f"{page.name}: {target} leaves docs/"
+        assert (DOCS / path).is_file(), f"{page.name}: {target} does not exist"
