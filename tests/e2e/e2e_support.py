@@ -22,6 +22,8 @@ from pathlib import Path
 import pytest
 
 HERE = Path(__file__).parent
+# What each HAProxy server line gets for PROXY protocol v2 (docs/deployment.md shows it).
+PROXY_V2 = "send-proxy-v2 check-send-proxy"
 DEADLINE = 20.0  # generous: the CI machine has two busy cores
 
 
@@ -33,6 +35,15 @@ def require(binary: str) -> str:
     if path is None:
         pytest.skip(f"{binary} is not installed (make test-e2e installs it with apt-get)")
     return path
+
+
+def require_option(option: str, what: str) -> None:
+    """Skip, naming the feature, when this aserve has no such command-line option."""
+    result = subprocess.run(
+        [sys.executable, "-m", "aserve", "--help"], capture_output=True, text=True, check=True
+    )
+    if option not in result.stdout:
+        pytest.skip(f"this aserve has no {option} ({what})")
 
 
 def free_port() -> int:

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from e2e_support import render
+from e2e_support import PROXY_V2, render
 
 DEPLOYMENT = Path(__file__).parents[2] / "docs" / "deployment.md"
 
@@ -14,12 +14,7 @@ NGINX_DOC_VALUES = {
     "CERT": "/etc/ssl/certs/example.com.pem",
     "KEY": "/etc/ssl/private/example.com.key",
 }
-HAPROXY_DOC_VALUES = {
-    "LISTEN": ":80",
-    "SERVER_A": "10.0.0.11:8000",
-    "SERVER_B": "10.0.0.12:8000",
-    "SERVER_OPTIONS": "",
-}
+HAPROXY_DOC_VALUES = {"LISTEN": ":80", "SERVER_A": "10.0.0.11:8000", "SERVER_B": "10.0.0.12:8000"}
 
 
 def test_nginx_site_config_is_documented():
@@ -27,4 +22,11 @@ def test_nginx_site_config_is_documented():
 
 
 def test_haproxy_config_is_documented():
-    assert render("haproxy.cfg", **HAPROXY_DOC_VALUES) in DEPLOYMENT.read_text()
+    config = render("haproxy.cfg", **HAPROXY_DOC_VALUES, SERVER_OPTIONS="")
+    assert config in DEPLOYMENT.read_text()
+
+
+def test_haproxy_proxy_protocol_servers_are_documented():
+    config = render("haproxy.cfg", **HAPROXY_DOC_VALUES, SERVER_OPTIONS=f" {PROXY_V2}")
+    servers = [line for line in config.splitlines() if line.lstrip().startswith("server ")]
+    assert "\n".join(servers) in DEPLOYMENT.read_text()

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import json
 import socket
-import subprocess
-import sys
 
 import pytest
-from e2e_support import aserve, haproxy, http_get
+from e2e_support import PROXY_V2, aserve, haproxy, http_get, require_option
 from websockets.sync.client import connect
 
 pytestmark = pytest.mark.once
@@ -45,22 +43,14 @@ def test_balanced_across_two_instances_and_fails_over(tmp_path):
     assert after == ["b"] * 6  # retried on b, no request failed
 
 
-def has_proxy_protocol() -> bool:
-    result = subprocess.run(
-        [sys.executable, "-m", "aserve", "--help"], capture_output=True, text=True, check=True
-    )
-    return "--proxy-protocol" in result.stdout
-
-
 def test_proxy_protocol_v2(tmp_path):
     """HAProxy announces each client with a PROXY v2 header: aserve reports the client's real
     address and port, without any HTTP header to trust."""
-    if not has_proxy_protocol():
-        pytest.skip("this aserve has no --proxy-protocol (issue 12: PROXY protocol support)")
+    require_option("--proxy-protocol", "PROXY protocol support")
     with (
         aserve("--proxy-protocol", instance="a") as a,
         aserve("--proxy-protocol", instance="b") as b,
-        haproxy(tmp_path, [a.address, b.address], "send-proxy-v2 check-send-proxy") as proxy,
+        haproxy(tmp_path, [a.address, b.address], PROXY_V2) as proxy,
     ):
         answers = [get_from(proxy.port) for _ in range(4)]
     assert sorted(seen["instance"] for seen, _ in answers) == ["a", "a", "b", "b"]
