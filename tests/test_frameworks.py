@@ -1,4 +1,4 @@
-"""Real frameworks end to end: FastAPI, Starlette, Django, Litestar, Quart, Socket.IO, SSE."""
+"""Frameworks end to end: FastAPI, Starlette, Django/channels, Litestar, Quart, Socket.IO, SSE."""
 
 import asyncio
 import contextlib
@@ -108,11 +108,26 @@ def django_upload(request):
     return JsonResponse({"size": len(request.body), "path": request.path})
 
 
+async def django_stream(request):
+    from django.http import StreamingHttpResponse
+
+    async def lines():
+        for i in range(3):
+            yield f"line {i}\n"
+            await asyncio.sleep(0)
+
+    return StreamingHttpResponse(lines(), content_type="text/plain")
+
+
 def _urlpatterns():
     from django.urls import path
     from django.views.decorators.csrf import csrf_exempt
 
-    return [path("hello", django_hello), path("upload", csrf_exempt(django_upload))]
+    return [
+        path("hello", django_hello),
+        path("upload", csrf_exempt(django_upload)),
+        path("stream", django_stream),
+    ]
 
 
 def __getattr__(name):  # Django reads urlpatterns from ROOT_URLCONF lazily
@@ -128,11 +143,51 @@ def test_django_end_to_end(django_app):
     ):
         hello = client.get("/hello", params={"name": "aserve"})
         upload = client.post("/upload", content=b"x" * 300_000)
+        streamed = client.get("/stream")
         missing = client.get("/missing")
     assert hello.status_code == 200
     assert hello.text == "hello aserve via GET"
     assert upload.json() == {"size": 300_000, "path": "/upload"}
+    assert streamed.text == "line 0\nline 1\nline 2\n"
+    assert streamed.headers["transfer-encoding"] == "chunked"
     assert missing.status_code == 404
+
+
+def test_django_channels_websocket(django_app):
+    """Channels routes WebSockets to a consumer and HTTP to Django, in one ASGI app."""
+    from channels.generic.websocket import AsyncJsonWebsocketConsumer
+    from channels.routing import ProtocolTypeRouter, URLRouter
+    from django.urls import path
+    from websockets.exceptions import InvalidStatus
+    from websockets.sync.client import connect
+
+    class EchoConsumer(AsyncJsonWebsocketConsumer):
+        async def connect(self):
+            await self.accept()
+            await self.send_json({"path": self.scope["path"], "user": self.scope["url_route"]})
+
+        async def receive_json(self, content):
+            await self.send_json({"echo": content})
+
+    app = ProtocolTypeRouter(
+        {
+            "http": django_app,
+            "websocket": URLRouter([path("ws/<str:room>", EchoConsumer.as_asgi())]),
+        }
+    )
+    with serve(app, lifespan="off") as server, httpx.Client(base_url=server.url) as client:
+        hello = client.get("/hello")
+        with connect(f"ws://127.0.0.1:{server.port}/ws/lobby") as ws:
+            opened = json.loads(ws.recv(timeout=5))
+            ws.send(json.dumps({"n": 1}))
+            echoed = json.loads(ws.recv(timeout=5))
+        # No route: channels raises before accepting, and the handshake is answered with 500.
+        with pytest.raises(InvalidStatus) as rejected:
+            connect(f"ws://127.0.0.1:{server.port}/nowhere")
+    assert hello.text == "hello django via GET"
+    assert opened == {"path": "/ws/lobby", "user": {"args": [], "kwargs": {"room": "lobby"}}}
+    assert echoed == {"echo": {"n": 1}}
+    assert rejected.value.response.status_code == 500
 
 
 # -- Starlette -------------------------------------------------------------------------------
