@@ -121,3 +121,41 @@ def test_links_between_pages_resolve(page):
         path = target.split("#", 1)[0]
         assert not path.startswith(("/", "..")), f"{page.name}: {target} leaves docs/"
         assert (DOCS / path).is_file(), f"{page.name}: {target} does not exist"
+
+
+def slugs(page: Path) -> set[str]:
+    """The anchors of a page's headings, as GitHub and the site (pymdownx slugify) make them."""
+    found: set[str] = set()
+    in_code = False
+    for line in page.read_text().splitlines():
+        if line.startswith("```"):
+            in_code = not in_code
+        match = None if in_code else re.match(r"#{1,6} (.*)", line)
+        if match:
+            text = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", match.group(1)).lower()
+            slug = re.sub(r"[^\w\- ]", "", text).replace(" ", "-")
+            candidate, number = slug, 0
+            while candidate in found:
+                number += 1
+                candidate = f"{slug}_{number}"
+            found.add(candidate)
+    return found
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda page: page.name)
+def test_anchors_exist(page):
+    for target in LINK.findall(page.read_text()):
+        if re.match(r"[a-z]+:", target) or "#" not in target:
+            continue
+        path, anchor = target.split("#", 1)
+        linked = DOCS / path if path else page
+        assert anchor in slugs(linked), f"{page.name}: {target}: no such heading"
+
+
+def test_every_page_is_in_the_site_navigation():
+    nav = set(
+        re.findall(r"^\s+- [^:]+: (\S+\.md)$", (DOCS.parent / "mkdocs.yml").read_text(), re.M)
+    )
+    pages = {page.name for page in PAGES}
+    assert pages - nav == set(), "add these pages to `nav:` in mkdocs.yml"
+    assert nav - pages == set(), "mkdocs.yml's nav names pages that do not exist"
