@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import errno
 import socket
+import time
 from collections.abc import Callable, Sized
 from typing import Any
 
@@ -43,15 +45,17 @@ class Metrics:
         "received_bytes",
         "requests",
         "responses",
-        "restarts",
         "sent_bytes",
+        "started_at",
         "websockets_accepted",
         "websockets_closed",
     )
 
-    def __init__(self, connections: Sized, restarts: int = 0) -> None:
+    def __init__(self, connections: Sized) -> None:
         self._connections = connections  # the server's open connections (HTTP and WebSocket)
-        self.restarts = restarts  # set by a supervisor: workers started in this one's place
+        # A restarted process (a respawned worker) shows as a new start time:
+        # changes(process_start_time_seconds[1h]) counts restarts without a supervisor's help.
+        self.started_at = time.time()
         self.requests = 0  # request heads parsed
         self.completed = 0  # of those, answered with a complete response
         self.aborted = 0  # of those, ended without one (client left, app failed mid-response)
@@ -174,11 +178,10 @@ class Metrics:
             [("", self.websockets_accepted - self.websockets_closed)],
         )
         metric(
-            "aserve_worker_restarts_total",
-            "counter",
-            "Worker processes the supervisor started in place of this one's predecessors "
-            "(0 without a supervisor).",
-            [("", self.restarts)],
+            "process_start_time_seconds",
+            "gauge",
+            "When this server process started serving, in seconds since the epoch.",
+            [("", self.started_at)],
         )
         lines.append("")
         return "\n".join(lines)
@@ -198,8 +201,12 @@ def _number(value: Any) -> str:
 # -- the listener ------------------------------------------------------------------------------
 
 
-def bind_metrics_socket(host: str, port: int) -> socket.socket:
-    """The metrics listener's socket, bound before the app starts (a busy port fails fast)."""
+def bind_metrics_socket(host: str, port: int, wait_if_in_use: bool = False) -> socket.socket | None:
+    """The metrics listener's socket, bound before the app starts (a busy port fails fast).
+
+    `wait_if_in_use`: return None when the port is taken, for a worker whose predecessor
+    (same worker number, same port) is still draining during a rolling restart.
+    """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -207,6 +214,8 @@ def bind_metrics_socket(host: str, port: int) -> socket.socket:
         sock.bind((host, port))
     except OSError as exc:
         sock.close()
+        if wait_if_in_use and exc.errno == errno.EADDRINUSE:
+            return None
         raise ConfigError(f"cannot listen on {host}:{port} for metrics: {exc.strerror}") from None
     sock.listen(64)
     sock.setblocking(False)

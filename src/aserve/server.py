@@ -56,6 +56,10 @@ class Server:
         self.state: ServerState | None = None
         self.servers: list[Listener] = []
         self.metrics_server: asyncio.Server | None = None
+        # A supervisor's worker number (1, 2, ...): worker N serves its metrics on
+        # --metrics-port + N - 1, each process its own scrape target (docs/metrics.md).
+        self.worker: int | None = None
+        self._metrics_waiting: asyncio.Task[None] | None = None
         self._lifespan: Lifespan | None = None
         self._from_systemd = False
         self._unlink_on_exit: str | None = None  # a unix socket file this server created
@@ -120,10 +124,10 @@ class Server:
                 proxy_from=parse_trusted(config.forwarded_allow_ips),
             )
         try:
-            if metrics_sock is not None and state.metrics is not None:
-                self.metrics_server = await start_metrics_server(state.metrics.render, metrics_sock)
-                host, port = metrics_sock.getsockname()[:2]
-                error_logger.info("Metrics on http://%s:%d/metrics", host, port)
+            if metrics_sock is not None:
+                await self._start_metrics(state, metrics_sock)
+            elif state.metrics is not None:  # a worker whose predecessor holds the port
+                self._metrics_waiting = loop.create_task(self._metrics_when_free(state))
             for sock in sockets:
                 listener = Listener(
                     loop, sock, lambda: HttpProtocol(state), config.backlog, edge=edge
@@ -169,11 +173,31 @@ class Server:
         error_logger.info("aserve running on %s (Press CTRL+C to quit)", where)
 
     def bind_metrics_socket(self) -> socket.socket | None:
-        """The metrics listener's socket, when metrics are on (a worker may choose its port)."""
+        """The metrics listener's socket, when metrics are on; None for a worker whose port
+        is still held by its predecessor (it retries in the background)."""
         config = self.config
-        if config.metrics_port is None:
+        port = config.metrics_port
+        if port is None:
             return None
-        return bind_metrics_socket(config.metrics_host, config.metrics_port)
+        if self.worker is None:
+            return bind_metrics_socket(config.metrics_host, port)
+        worker_port = port + self.worker - 1 if port else 0
+        return bind_metrics_socket(config.metrics_host, worker_port, wait_if_in_use=True)
+
+    async def _start_metrics(self, state: ServerState, sock: socket.socket) -> None:
+        assert state.metrics is not None
+        self.metrics_server = await start_metrics_server(state.metrics.render, sock)
+        host, port = sock.getsockname()[:2]
+        error_logger.info("Metrics on http://%s:%d/metrics", host, port)
+
+    async def _metrics_when_free(self, state: ServerState) -> None:
+        error_logger.info("Metrics port in use (a draining predecessor?): retrying")
+        while not self.should_exit:
+            await asyncio.sleep(0.5)
+            sock = self.bind_metrics_socket()
+            if sock is not None:
+                await self._start_metrics(state, sock)
+                return
 
     @property
     def metrics_port(self) -> int | None:
@@ -224,6 +248,9 @@ class Server:
                 if self.config.lifespan != "off":
                     error_logger.info("Application shutdown complete.")
             self._lifespan = None
+        if self._metrics_waiting is not None:
+            self._metrics_waiting.cancel()
+            self._metrics_waiting = None
         if self.metrics_server is not None:  # kept until now: a scrape can watch the drain
             self.metrics_server.close()
             self.metrics_server = None
