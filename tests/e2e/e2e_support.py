@@ -24,7 +24,7 @@ import pytest
 HERE = Path(__file__).parent
 # What each HAProxy server line gets for PROXY protocol v2 (docs/deployment.md shows it).
 PROXY_V2 = "send-proxy-v2 check-send-proxy"
-DEADLINE = 20.0  # generous: the CI machine has two busy cores
+DEADLINE = 30.0  # generous: the CI machine has two busy cores
 
 
 def require(binary: str) -> str:
@@ -103,6 +103,17 @@ class Child:
     def output(self) -> str:
         return "".join(self.lines)
 
+    def wait_until_ready(self, what: str, diagnose=None) -> None:
+        """Poll `_ready`; a process that never gets there is stopped, not left behind."""
+        try:
+            wait_for(self._ready, what, diagnose=diagnose or (lambda: self.output))
+        except BaseException:
+            self.stop()
+            raise
+
+    def _ready(self) -> bool:
+        raise NotImplementedError
+
     def check_alive(self) -> None:
         if self.proc.poll() is not None:
             self._reader.join(5)
@@ -141,7 +152,7 @@ class Aserve(Child):
             ],
             env={"E2E_INSTANCE": instance},
         )
-        wait_for(self._ready, "aserve to start", diagnose=lambda: self.output)
+        self.wait_until_ready("aserve to start")
         self.port = 0
         match = re.search(r"running on http://127\.0\.0\.1:(\d+)", self.output)
         if match:
@@ -236,7 +247,7 @@ class Nginx(Child):
                 "daemon off;",
             ]
         )
-        wait_for(self._ready, "nginx to listen", diagnose=self.diagnose)
+        self.wait_until_ready("nginx to listen", self.diagnose)
 
     def _ready(self) -> bool:
         self.check_alive()
@@ -275,7 +286,7 @@ class HAProxy(Child):
         check = subprocess.run([binary, "-c", "-f", str(cfg)], capture_output=True, text=True)
         assert check.returncode == 0, check.stdout + check.stderr
         super().__init__([binary, "-f", str(cfg), "-db"])
-        wait_for(self._ready, "haproxy to listen", diagnose=lambda: self.output)
+        self.wait_until_ready("haproxy to listen")
 
     def _ready(self) -> bool:
         self.check_alive()
