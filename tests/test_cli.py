@@ -181,6 +181,8 @@ def test_startup_failure_exits_non_zero_with_the_apps_message():
         (["lifespan_apps:hello", "--access-log-format", "{nope}"], "unknown field {nope}"),
         (["lifespan_apps:hello", "--forwarded-allow-ips", "10.0.0.0/99"], "10.0.0.0/99"),
         (["lifespan_apps:hello", "--port", "70000"], "port must be between 0 and 65535"),
+        (["lifespan_apps:hello", "--ssl-certfile", "/nonexistent.pem"], "'/nonexistent.pem'"),
+        (["lifespan_apps:hello", "--ssl-keyfile", "k.pem"], "ssl_keyfile is given but TLS is off"),
     ],
 )
 def test_bad_input_is_one_line_error_exit_1(args, expected):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import ssl
 import sys
 from typing import Any
 
@@ -17,6 +18,7 @@ from aserve.config import (
     DEFAULT_LIMIT_REQUEST_HEAD,
     DEFAULT_LIMIT_REQUEST_LINE,
     DEFAULT_TIMEOUT_KEEP_ALIVE,
+    DEFAULT_TIMEOUT_SSL_HANDSHAKE,
     LOG_LEVELS,
     ConfigError,
     parse_header_option,
@@ -267,6 +269,38 @@ def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> 
     default=False,
     help="Require a HAProxy PROXY protocol header (v1 or v2) on every connection; accepted "
     "only from --forwarded-allow-ips peers.",
+)
+# Connection edge: TLS (uvicorn's names and meanings)
+@click.option("--ssl-keyfile", default=None, help="SSL key file.")
+@click.option("--ssl-certfile", default=None, help="SSL certificate file; turns TLS on.")
+@click.option("--ssl-keyfile-password", default=None, help="SSL keyfile password.")
+@click.option(
+    "--ssl-version",
+    type=int,
+    default=int(ssl.PROTOCOL_TLS_SERVER),
+    show_default=True,
+    help="SSL version to use (see stdlib ssl module's).",
+)
+@click.option(
+    "--ssl-cert-reqs",
+    type=int,
+    default=int(ssl.CERT_NONE),
+    show_default=True,
+    help="Whether client certificate is required (see stdlib ssl module's): 0 none, "
+    "1 optional, 2 required.",
+)
+@click.option("--ssl-ca-certs", default=None, help="CA certificates file to verify clients with.")
+@click.option(
+    "--ssl-ciphers",
+    default=None,
+    help="Ciphers to use (see stdlib ssl module's). [default: Python's own list]",
+)
+@click.option(
+    "--timeout-ssl-handshake",
+    type=float,
+    default=DEFAULT_TIMEOUT_SSL_HANDSHAKE,
+    show_default=True,
+    help="Close a connection whose TLS handshake is not done after this many seconds.",
 )
 @click.option(
     "--factory", is_flag=True, default=False, help="APP is a factory: call it to get the app."

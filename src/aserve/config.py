@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import ssl
 import string
 from collections.abc import Sequence
 from dataclasses import KW_ONLY, dataclass, field
@@ -28,6 +29,8 @@ LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 # 60 s), so the balancer always closes an idle connection first. A server that closes first races
 # the balancer's next request on that connection, and the balancer answers the client with a 502.
 DEFAULT_TIMEOUT_KEEP_ALIVE = 65.0
+# A TLS handshake takes a few round trips; this bounds a client that connects and stalls.
+DEFAULT_TIMEOUT_SSL_HANDSHAKE = 10.0
 
 # Request limits (docs/security.md says why each default). The target: a URL of 8 KiB, as nginx
 # and Apache allow; a field of 8 KiB (gunicorn's size); 100 fields (gunicorn's count); a whole
@@ -72,6 +75,15 @@ class Config:
     forwarded_allow_ips: str | Sequence[str] | None = None
     # Connection edge: PROXY protocol (edge.py, protocols/proxy_protocol.py)
     proxy_protocol: bool = False
+    # Connection edge: TLS (tls.py builds the context and checks these; uvicorn's names)
+    ssl_keyfile: str | os.PathLike[str] | None = None
+    ssl_certfile: str | os.PathLike[str] | None = None
+    ssl_keyfile_password: str | None = None
+    ssl_version: int = ssl.PROTOCOL_TLS_SERVER
+    ssl_cert_reqs: int = ssl.CERT_NONE
+    ssl_ca_certs: str | os.PathLike[str] | None = None
+    ssl_ciphers: str | None = None  # None: Python's defaults (see tls.py)
+    timeout_ssl_handshake: float = DEFAULT_TIMEOUT_SSL_HANDSHAKE
     root_path: str = ""
     limit_concurrency: int | None = None
     backlog: int = 2048
@@ -120,6 +132,8 @@ class Config:
         _positive("backlog", self.backlog)
         _positive("ws_max_size", self.ws_max_size)
         _positive("ws_max_queue", self.ws_max_queue)
+        if self.timeout_ssl_handshake <= 0:
+            raise ConfigError("timeout_ssl_handshake must be greater than 0")
         if self.timeout_keep_alive <= 0:
             raise ConfigError("timeout_keep_alive must be greater than 0")
         if self.timeout_graceful_shutdown is not None and self.timeout_graceful_shutdown < 0:

@@ -56,6 +56,7 @@ class Edge:
         if addresses is False:
             sock.close()
             return
+        peer = _peer(sock) if self._ssl is not None else ""  # for the log: gone after a failure
         try:
             await self._loop.connect_accepted_socket(
                 lambda: self._make_protocol(addresses or None),
@@ -66,7 +67,7 @@ class Edge:
         except (TimeoutError, OSError) as exc:
             # ssl.SSLError is an OSError: plain HTTP on the TLS port, an unknown CA, a client
             # without the certificate --ssl-cert-reqs 2 requires, a handshake timeout.
-            error_logger.debug("TLS handshake with %s failed: %s", _peer(sock), exc)
+            error_logger.debug("TLS handshake with %s failed: %s", peer or "a Unix socket", exc)
             sock.close()
 
     async def _proxy_addresses(self, sock: socket.socket) -> tuple[Any, Any] | bool | None:

@@ -1,4 +1,4 @@
-"""Trusting X-Forwarded-For / X-Forwarded-Proto from known proxies only.
+"""Trusting X-Forwarded-For / X-Forwarded-Proto and RFC 7239 Forwarded from known proxies only.
 
 A header from an untrusted peer is ignored: anyone can send one, and believing it would let a
 client choose the address an app rate-limits or audits.
@@ -7,6 +7,7 @@ client choose the address an app rate-limits or audits.
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Sequence
 
 from aserve.errors import ConfigError
@@ -99,26 +100,162 @@ def apply_forwarded_headers(
     client: tuple[str, int] | None,
     scheme: str,
 ) -> tuple[tuple[str, int] | None, str]:
-    """The (client, scheme) a request from a trusted proxy should report to the app."""
-    peer = client[0] if client else ""
-    if peer not in trusted:
+    """The (client, scheme) a request from a trusted proxy should report to the app.
+
+    `X-Forwarded-For`/`-Proto` win over RFC 7239 `Forwarded`: when either is present,
+    `Forwarded` is ignored. The common proxies (nginx, HAProxy, cloud balancers) set the
+    X- headers and pass a client's own `Forwarded` through untouched, so preferring it
+    would let a client choose its address.
+    """
+    if not trusted.trusts_peer(client[0] if client else ""):
         return client, scheme
-    forwarded_for = forwarded_proto = None
+    forwarded_for = forwarded_proto = forwarded = None
     for name, value in headers:
         if name == b"x-forwarded-for":
             forwarded_for = value if forwarded_for is None else forwarded_for + b"," + value
         elif name == b"x-forwarded-proto":
             forwarded_proto = value
+        elif name == b"forwarded":
+            forwarded = value if forwarded is None else forwarded + b"," + value
+    if forwarded_for is None and forwarded_proto is None:
+        if forwarded is not None:
+            return _apply_forwarded(trusted, forwarded.decode("latin-1"), client, scheme)
+        return client, scheme
     if forwarded_proto is not None:
         proto = forwarded_proto.decode("latin-1").split(",")[-1].strip().lower()
-        if proto in ("http", "https", "ws", "wss"):
-            secure = proto in ("https", "wss")
-            if scheme in ("ws", "wss"):
-                scheme = "wss" if secure else "ws"
-            else:
-                scheme = "https" if secure else "http"
+        scheme = _scheme(proto, scheme)
     if forwarded_for is not None:
         host = trusted.client_from_forwarded_for(forwarded_for.decode("latin-1"))
         if host is not None:
             client = (host, 0)
     return client, scheme
+
+
+def _scheme(proto: str, scheme: str) -> str:
+    """The scheme a forwarded protocol name means for this connection (http or websocket)."""
+    if proto not in ("http", "https", "ws", "wss"):
+        return scheme
+    secure = proto in ("https", "wss")
+    if scheme in ("ws", "wss"):
+        return "wss" if secure else "ws"
+    return "https" if secure else "http"
+
+
+def _apply_forwarded(
+    trusted: TrustedProxies, header: str, client: tuple[str, int] | None, scheme: str
+) -> tuple[tuple[str, int] | None, str]:
+    """RFC 7239: the client is the right-most `for=` that is not one of our proxies (the
+    left-most if all are), and the scheme is that element's `proto=`.
+
+    A malformed header is ignored as a whole: a proxy we trust wrote it, so garbage means
+    something between us is broken, not that part of it can be believed.
+    """
+    elements = parse_forwarded(header)
+    if not elements:
+        return client, scheme
+    chosen = None
+    for element in reversed(elements):
+        node = element.get("for")
+        if node is None:
+            continue
+        chosen = element
+        host = _node_host(node)
+        if host is None or host not in trusted:
+            break
+    else:
+        with_for = [element for element in elements if "for" in element]
+        chosen = with_for[0] if with_for else None
+    if chosen is None:
+        return client, scheme
+    node = chosen["for"]
+    if node.lower() == "unknown":
+        client = None  # the proxy did not know the client's address
+    else:
+        host = _node_host(node)
+        client = (host if host is not None else node, _node_port(node))
+    proto = chosen.get("proto")
+    if proto is not None:
+        scheme = _scheme(proto.lower(), scheme)
+    return client, scheme
+
+
+def parse_forwarded(header: str) -> list[dict[str, str]]:
+    """The elements of a `Forwarded` header, each a dict of lowercased parameter names to
+    values (quotes removed); an empty list when the header is malformed."""
+    elements: list[dict[str, str]] = []
+    element: dict[str, str] = {}
+    i, end = 0, len(header)
+    while True:
+        while i < end and header[i] in " \t":
+            i += 1
+        match = _TOKEN.match(header, i)
+        if match is None:
+            return []
+        name = match.group().lower()
+        i = match.end()
+        if i >= end or header[i] != "=":
+            return []
+        i += 1
+        if i < end and header[i] == '"':
+            value_chars = []
+            i += 1
+            while i < end and header[i] != '"':
+                if header[i] == "\\" and i + 1 < end:
+                    i += 1
+                value_chars.append(header[i])
+                i += 1
+            if i >= end:
+                return []  # no closing quote
+            i += 1
+            value = "".join(value_chars)
+        else:
+            match = _TOKEN.match(header, i)
+            if match is None:
+                return []
+            value = match.group()
+            i = match.end()
+        if name in element:
+            return []  # a parameter twice in one element (RFC 7239 section 4)
+        element[name] = value
+        while i < end and header[i] in " \t":
+            i += 1
+        if i >= end:
+            elements.append(element)
+            return elements
+        if header[i] == ";":
+            i += 1
+        elif header[i] == ",":
+            elements.append(element)
+            element = {}
+            i += 1
+        else:
+            return []
+
+
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+
+
+def _node_host(node: str) -> str | None:
+    """The IP address in a `for=` node ("192.0.2.1", "192.0.2.1:80", "[2001:db8::1]:4711"),
+    or None for "unknown" and obfuscated identifiers ("_hidden")."""
+    if node.startswith("["):
+        host, bracket, _ = node[1:].partition("]")
+        if not bracket:
+            return None
+    else:
+        host = node.partition(":")[0] if node.count(":") == 1 else node
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        return None
+
+
+def _node_port(node: str) -> int:
+    """The port of a `for=` node; 0 when absent or obfuscated."""
+    if node.startswith("["):
+        port = node.partition("]")[2].removeprefix(":")
+    elif node.count(":") == 1:
+        port = node.partition(":")[2]
+    else:
+        port = ""
+    return int(port) if port.isdigit() and port.isascii() and int(port) <= 65535 else 0

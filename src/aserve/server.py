@@ -30,6 +30,7 @@ from aserve.protocols.http import HttpProtocol
 from aserve.proxy import parse_trusted
 from aserve.sockets import bind_sockets, describe
 from aserve.state import ServerState
+from aserve.tls import TLSInfo, create_ssl_context
 
 _TICK = 0.1  # how often the main loop looks at should_exit and refreshes the Date header
 
@@ -87,6 +88,7 @@ class Server:
         error_logger.info("Started server process [%d]", os.getpid())
         base_context = contextvars.copy_context()
         owned = sockets is None
+        ssl_context = create_ssl_context(config)  # a bad certificate fails before binding
         if sockets is None:  # fail fast, before the app starts up
             sockets, self._from_systemd = bind_sockets(config)
             if config.uds is not None and not self._from_systemd:
@@ -117,11 +119,15 @@ class Server:
         state = ServerState(config, app, loop, base_context, lifespan_state)
         self.state = state
         edge = None
-        if config.proxy_protocol:
+        if ssl_context is not None:
+            state.tls_info = TLSInfo(ssl_context, config.ssl_certfile)
+        if config.proxy_protocol or ssl_context is not None:
             edge = Edge(
                 loop,
                 lambda addresses=None: HttpProtocol(state, addresses),
-                proxy_from=parse_trusted(config.forwarded_allow_ips),
+                ssl_context,
+                config.timeout_ssl_handshake,
+                parse_trusted(config.forwarded_allow_ips) if config.proxy_protocol else None,
             )
         try:
             if metrics_sock is not None:
@@ -169,7 +175,8 @@ class Server:
         if config.uds is None and config.fd is None and self.sockets:
             port = self.sockets[0].getsockname()[1]
             host = f"[{config.host}]" if ":" in config.host else config.host
-            where = f"http://{host}:{port}"
+            scheme = "https" if config.ssl_certfile is not None else "http"
+            where = f"{scheme}://{host}:{port}"
         error_logger.info("aserve running on %s (Press CTRL+C to quit)", where)
 
     def bind_metrics_socket(self) -> socket.socket | None:

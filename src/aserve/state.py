@@ -51,6 +51,7 @@ class ServerState:
         "shutting_down",
         "tasks",
         "timeout_keep_alive",
+        "tls_info",
         "trusted_proxies",
         "valid_host",
         "websockets",
@@ -86,6 +87,8 @@ class ServerState:
         # The last Host header found valid: most requests repeat it, and then skip the check.
         self.valid_host = b""
         self.timeout_keep_alive = config.timeout_keep_alive
+        # The `tls` extension's per-server part (tls.TLSInfo) when TLS is on; the server sets it.
+        self.tls_info: Any = None
         self.trusted_proxies: TrustedProxies | None = (
             parse_trusted(config.forwarded_allow_ips) if config.proxy_headers else None
         )

@@ -402,6 +402,7 @@ class HttpProtocol(asyncio.Protocol):
         "_closed",
         "_content_length",
         "_expect_100",
+        "_extensions",
         "_fields",
         "_forwarded",
         "_given_addresses",
@@ -475,6 +476,8 @@ class HttpProtocol(asyncio.Protocol):
         self._websocket_scope: dict[str, Any] | None = None
         self._websocket_trailing: bytes | None = None
         self._pending_error: bytes | None = None
+        # The scope's "extensions" on a TLS connection (with "tls"), computed once per connection.
+        self._extensions: dict[str, Any] | None = None
         self._proxy: TrustedProxies | None = None
         self._paused = 0
         self.flow = WriteFlow(self.loop)
@@ -495,8 +498,14 @@ class HttpProtocol(asyncio.Protocol):
             self.client, self.server = self._given_addresses
         if transport.get_extra_info("sslcontext") is not None:
             self.scheme = "https"
+            tls = self.state.tls_info
+            if tls is not None:
+                extensions = dict(self.state.http_scope_template.get("extensions") or {})
+                extensions["tls"] = tls.extension(transport.get_extra_info("ssl_object"))
+                self._extensions = extensions
         trusted = self.state.trusted_proxies
-        if trusted is not None and self.client is not None and self.client[0] in trusted:
+        # A peer on a Unix socket has no address (client None): it is trusted as the list says.
+        if trusted is not None and trusted.trusts_peer(self.client[0] if self.client else ""):
             self._proxy = trusted  # the peer is a proxy we believe: read its forwarding headers
         self._idle_since = self.loop.time()
         self._timer = self.loop.call_at(
@@ -576,7 +585,7 @@ class HttpProtocol(asyncio.Protocol):
             self._on_host(value)
         elif size == 6 and name == b"expect" and value.lower() == b"100-continue":
             self._expect_100 = True
-        elif size > 12 and name[:12] == b"x-forwarded-":
+        elif (size > 12 and name[:12] == b"x-forwarded-") or (size == 9 and name == b"forwarded"):
             self._forwarded = True
         elif size == 7 and name == b"upgrade" and self._upgrade_offer is None:
             self._upgrade_offer = value.lower()
@@ -680,6 +689,8 @@ class HttpProtocol(asyncio.Protocol):
         scope["query_string"] = query
         scope["headers"] = headers
         scope["state"] = state.lifespan_state.copy()
+        if self._extensions is not None:
+            scope["extensions"] = self._extensions
         if forwarded and self._proxy is not None:
             scope["client"], scope["scheme"] = apply_forwarded_headers(
                 self._proxy, headers, self.client, self.scheme

@@ -720,6 +720,10 @@ def _websocket_scope(http_scope: dict[str, Any], headers: Headers) -> dict[str, 
     for value in headers.get_all("Sec-WebSocket-Protocol"):
         subprotocols.extend(parse_subprotocol(value))  # valid: accept() has parsed it already
     scheme = http_scope["scheme"]
+    extensions: dict[str, Any] = {"websocket.http.response": {}}
+    tls = (http_scope.get("extensions") or {}).get("tls")
+    if tls is not None:
+        extensions["tls"] = tls
     return {
         "type": "websocket",
         "asgi": {"version": ASGI_VERSION, "spec_version": WEBSOCKET_SPEC_VERSION},
@@ -734,7 +738,7 @@ def _websocket_scope(http_scope: dict[str, Any], headers: Headers) -> dict[str, 
         "headers": http_scope["headers"],
         "subprotocols": subprotocols,
         "state": http_scope["state"],
-        "extensions": {"websocket.http.response": {}},
+        "extensions": extensions,
     }
 
 

@@ -1,0 +1,257 @@
+"""TLS over real sockets: httpx and a websockets client with trustme certificates, mutual TLS,
+the ASGI `tls` extension, plain HTTP on the TLS port, and the settings' one-line errors."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import ssl
+import time
+
+import httpx
+import pytest
+import trustme
+from cryptography import x509
+from websockets.sync.client import connect
+
+from aserve.config import Config
+from aserve.errors import ConfigError
+from aserve.tls import create_ssl_context
+from conftest import read_until_close, serve
+
+
+@pytest.fixture(scope="module")
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+@pytest.fixture(scope="module")
+def certs(ca, tmp_path_factory):
+    """Files for the server (certificate chain, key), the CA, and a client certificate."""
+    path = tmp_path_factory.mktemp("certs")
+    server_cert = ca.issue_cert("localhost", "127.0.0.1")
+    client_cert = ca.issue_cert(
+        "client@example.com", common_name="client, one", organization_name="Example"
+    )
+    files = {
+        "certfile": path / "server.pem",
+        "keyfile": path / "server.key",
+        "ca": path / "ca.pem",
+        "client": path / "client.pem",
+    }
+    server_cert.cert_chain_pems[0].write_to_path(files["certfile"])
+    server_cert.private_key_pem.write_to_path(files["keyfile"])
+    ca.cert_pem.write_to_path(files["ca"])
+    client_cert.private_key_and_cert_chain_pem.write_to_path(files["client"])
+    files["server_pem"] = server_cert.cert_chain_pems[0].bytes().decode()
+    files["client_pem"] = client_cert.cert_chain_pems[0].bytes().decode()
+    return files
+
+
+def tls_options(certs, **options):
+    return {"ssl_certfile": str(certs["certfile"]), "ssl_keyfile": str(certs["keyfile"]), **options}
+
+
+def client_context(certs, with_cert: bool = False) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=str(certs["ca"]))
+    if with_cert:
+        context.load_cert_chain(str(certs["client"]))
+    return context
+
+
+def https_url(server, path="/") -> str:
+    return f"https://localhost:{server.port}{path}"
+
+
+scopes: list[dict] = []
+
+
+async def record(scope, receive, send):
+    if scope["type"] == "websocket":
+        scopes.append(scope)
+        await receive()
+        await send({"type": "websocket.accept"})
+        await send({"type": "websocket.send", "text": scope["scheme"]})
+        await send({"type": "websocket.close"})
+        return
+    scopes.append(scope)
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": scope["scheme"].encode()})
+
+
+@pytest.fixture(autouse=True)
+def _clear_scopes():
+    scopes.clear()
+
+
+def test_https_with_httpx_and_the_tls_extension(loop_name, certs):
+    with (
+        serve(record, loop=loop_name, **tls_options(certs)) as server,
+        httpx.Client(verify=client_context(certs)) as client,
+    ):
+        first = client.get(https_url(server))
+        second = client.get(https_url(server, "/again"))  # same connection
+    assert first.text == second.text == "https"
+    tls = scopes[0]["extensions"]["tls"]
+    assert tls == {
+        "server_cert": certs["server_pem"],
+        "client_cert_chain": [],
+        "client_cert_name": None,
+        "client_cert_error": None,
+        "tls_version": 0x0304,
+        "cipher_suite": tls["cipher_suite"],
+    }
+    # The TLS 1.3 suites: 0x1301 TLS_AES_128_GCM_SHA256, 0x1302, 0x1303.
+    assert tls["cipher_suite"] in (0x1301, 0x1302, 0x1303)
+    assert scopes[1]["extensions"]["tls"] == tls
+
+
+def test_tls_1_2_reports_its_version_and_suite(certs):
+    context = client_context(certs)
+    context.maximum_version = ssl.TLSVersion.TLSv1_2
+    context.set_ciphers("ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES128-GCM-SHA256")
+    with serve(record, **tls_options(certs)) as server:
+        httpx.get(https_url(server), verify=context)
+    tls = scopes[0]["extensions"]["tls"]
+    assert tls["tls_version"] == 0x0303
+    assert tls["cipher_suite"] in (0xC02F, 0xC02B)  # the IANA numbers of those two suites
+
+
+def test_plain_http_has_no_tls_extension():
+    with serve(record) as server:
+        httpx.get(server.url)
+    assert "tls" not in scopes[0].get("extensions", {})
+
+
+def test_mutual_tls_client_certificate_chain(loop_name, certs, ca):
+    options = tls_options(certs, ssl_ca_certs=str(certs["ca"]), ssl_cert_reqs=2)
+    with serve(record, loop=loop_name, **options) as server:
+        response = httpx.get(https_url(server), verify=client_context(certs, with_cert=True))
+        assert response.status_code == 200
+        # Without a certificate the handshake is refused: no request reaches the app.
+        with pytest.raises((httpx.ConnectError, httpx.ReadError, httpx.RemoteProtocolError)):
+            httpx.get(https_url(server, "/nocert"), verify=client_context(certs))
+    assert [scope["path"] for scope in scopes] == ["/"]
+    tls = scopes[0]["extensions"]["tls"]
+    chain = tls["client_cert_chain"]
+    assert chain[0] == certs["client_pem"]
+    if hasattr(ssl.SSLObject, "get_verified_chain"):  # 3.13+: the chain up to our CA
+        assert chain[-1] == ca.cert_pem.bytes().decode()
+    # RFC 4514, checked against cryptography's own rendering of the certificate's subject.
+    subject = x509.load_pem_x509_certificate(chain[0].encode()).subject.rfc4514_string()
+    assert subject.startswith(r"CN=client\, one,")
+    assert tls["client_cert_name"] == subject
+    assert tls["client_cert_error"] is None
+
+
+def test_optional_client_certificate(certs):
+    options = tls_options(certs, ssl_ca_certs=str(certs["ca"]), ssl_cert_reqs=1)
+    with serve(record, **options) as server:
+        assert httpx.get(https_url(server), verify=client_context(certs)).status_code == 200
+        httpx.get(https_url(server), verify=client_context(certs, with_cert=True))
+    assert scopes[0]["extensions"]["tls"]["client_cert_chain"] == []
+    assert scopes[0]["extensions"]["tls"]["client_cert_name"] is None
+    assert scopes[1]["extensions"]["tls"]["client_cert_chain"][0] == certs["client_pem"]
+
+
+def test_alpn_offers_http_1_1(certs):
+    with serve(record, **tls_options(certs)) as server:
+        context = client_context(certs)
+        context.set_alpn_protocols(["h2", "http/1.1"])
+        with (
+            socket.create_connection(("127.0.0.1", server.port), timeout=5) as raw,
+            context.wrap_socket(raw, server_hostname="localhost") as sock,
+        ):
+            assert sock.selected_alpn_protocol() == "http/1.1"
+
+
+def test_plain_http_on_the_tls_port_is_closed_quietly(loop_name, certs, caplog):
+    caplog.set_level(logging.DEBUG)
+    with serve(record, loop=loop_name, **tls_options(certs)) as server:
+        answer = server.request(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", timeout=10)
+        assert not answer.startswith(b"HTTP/")
+        # ...and the server goes on serving TLS.
+        assert httpx.get(https_url(server), verify=client_context(certs)).text == "https"
+    loud = [record for record in caplog.records if record.levelno >= logging.WARNING]
+    assert loud == [], [record.getMessage() for record in loud]
+    assert "TLS handshake with 127.0.0.1 failed" in caplog.text
+
+
+def test_handshake_timeout_closes_a_silent_client(loop_name, certs, caplog):
+    options = tls_options(certs, timeout_ssl_handshake=0.5)
+    with serve(record, loop=loop_name, **options) as server, server.connect(timeout=10) as sock:
+        started = time.monotonic()
+        assert read_until_close(sock, timeout=10) == b""
+        assert time.monotonic() - started < 8
+    assert not [record for record in caplog.records if record.levelno >= logging.WARNING]
+
+
+def test_websocket_over_wss(loop_name, certs):
+    with (
+        serve(record, loop=loop_name, **tls_options(certs)) as server,
+        connect(f"wss://localhost:{server.port}/ws", ssl=client_context(certs)) as ws,
+    ):
+        assert ws.recv() == "wss"
+    assert scopes[0]["scheme"] == "wss"
+    assert scopes[0]["extensions"]["tls"]["server_cert"] == certs["server_pem"]
+    assert "websocket.http.response" in scopes[0]["extensions"]
+
+
+def test_proxy_protocol_header_before_the_tls_handshake(certs):
+    with serve(record, proxy_protocol=True, **tls_options(certs)) as server:
+        scopes_before = len(scopes)
+        context = client_context(certs)
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as raw:
+            raw.sendall(b"PROXY TCP4 203.0.113.7 198.51.100.1 56324 443\r\n")
+            with context.wrap_socket(raw, server_hostname="localhost") as sock:
+                sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                assert read_until_close(sock).endswith(b"https")
+    assert scopes[scopes_before]["client"] == ("203.0.113.7", 56324)
+
+
+# -- settings ---------------------------------------------------------------------------------
+
+
+def _context(**options):
+    return create_ssl_context(Config(app=record, **options))
+
+
+def test_tls_is_off_without_a_certificate():
+    assert _context() is None
+
+
+@pytest.mark.parametrize(
+    ("options", "error"),
+    [
+        ({"ssl_keyfile": "key.pem"}, "ssl_keyfile is given but TLS is off"),
+        ({"ssl_cert_reqs": 2}, "ssl_cert_reqs is given but TLS is off"),
+        ({"ssl_certfile": "/nonexistent.pem"}, "cannot read '/nonexistent.pem'"),
+        ({"ssl_cert_reqs": 3}, "must be 0 (none), 1 (optional) or 2 (required)"),
+        ({"ssl_cert_reqs": 2}, "give ssl_ca_certs"),
+        ({"ssl_ca_certs": "/nonexistent-ca.pem"}, "ssl_ca_certs: cannot load"),
+        ({"ssl_ciphers": "NOT-A-CIPHER"}, "selects no cipher"),
+        ({"ssl_keyfile_password": "wrong", "encrypted": True}, "wrong ssl_keyfile_password"),
+        ({"ssl_version": 99}, "ssl_version 99"),
+    ],
+)
+def test_bad_settings_are_one_line_errors(certs, tmp_path, options, error):
+    options = dict(options)
+    if options.pop("encrypted", False):
+        from cryptography.hazmat.primitives import serialization
+
+        key = serialization.load_pem_private_key(certs["keyfile"].read_bytes(), None)
+        encrypted = tmp_path / "encrypted.key"
+        encrypted.write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.BestAvailableEncryption(b"right"),
+            )
+        )
+        options = {**options, "ssl_keyfile": str(encrypted)}
+    if "TLS is off" not in error:
+        options = {**tls_options(certs), **options}
+    with pytest.raises(ConfigError) as info:
+        _context(**options)
+    assert error in str(info.value)
+    assert "\n" not in str(info.value)
