@@ -18,6 +18,14 @@ ASGI_VERSION = "3.0"
 HTTP_SPEC_VERSION = "2.4"
 WEBSOCKET_SPEC_VERSION = "2.4"
 
+# The ASGI extensions every HTTP scope offers (protocols/extensions.py implements them).
+HTTP_EXTENSIONS = (
+    "http.response.pathsend",
+    "http.response.zerocopysend",
+    "http.response.trailers",
+    "http.response.early_hint",
+)
+
 
 def http_scope_template(root_path: str) -> dict[str, Any]:
     """The keys of every HTTP scope, in order, with what is the same for every request.
@@ -40,6 +48,8 @@ def http_scope_template(root_path: str) -> dict[str, Any]:
         "query_string": None,
         "headers": None,
         "state": None,
+        # Shared by every request of the server, like the template: not copied per request.
+        "extensions": {name: {} for name in HTTP_EXTENSIONS},
     }
 
 

@@ -24,6 +24,7 @@ from aserve.asgi import ASGI_VERSION, HTTP_SPEC_VERSION, ClientDisconnected, Inv
 from aserve.flow_control import READY, WriteFlow
 from aserve.logging import error_logger
 from aserve.protocols.body import receive_body
+from aserve.protocols.extensions import accepts_trailers, send_extension
 from aserve.protocols.headers import (
     STATUS_LINES,
     HeaderBlock,
@@ -117,6 +118,7 @@ class RequestCycle:
         "delivered",
         "disconnected",
         "expect_100",
+        "ext",
         "head_only",
         "head_written",
         "http10",
@@ -163,6 +165,8 @@ class RequestCycle:
         self.start_time = 0.0
         self._block: HeaderBlock | None = None
         self._line = b""
+        # Set (protocols/extensions.py) while this request needs the extensions' path.
+        self.ext: Any = None
 
     # -- driven by the connection ----------------------------------------------------------
 
@@ -206,6 +210,8 @@ class RequestCycle:
                 metrics.request_aborted(self.bytes_sent, self.received)
         self.disconnected = True
         self._wake()
+        if self.ext is not None:
+            self.ext.lost()
 
     def _wake(self) -> None:
         waiter = self.waiter
@@ -248,18 +254,18 @@ class RequestCycle:
         # message that is another kind of mapping is copied into one.
         event: dict[str, Any] = message if type(message) is dict else dict(message)
         kind = event["type"]
+        # Other messages (the ASGI extensions, errors), and all of a request that accepts
+        # trailers (`ext`), take the slow path in protocols/extensions.py.
         if not self.started:
-            if kind != "http.response.start":
-                raise InvalidResponse(f"expected ASGI message 'http.response.start', got {kind!r}")
+            if kind != "http.response.start" or self.ext is not None:
+                return send_extension(self, event)
             self._start(event["status"], event.get("headers", ()))
         elif not self.complete:
-            if kind != "http.response.body":
-                raise InvalidResponse(f"expected ASGI message 'http.response.body', got {kind!r}")
+            if kind != "http.response.body" or self.ext is not None:
+                return send_extension(self, event)
             self._body(event.get("body", b""), event.get("more_body", False))
         else:
-            raise InvalidResponse(
-                f"unexpected ASGI message {kind!r} after the response was complete"
-            )
+            return send_extension(self, event)
         flow = self.conn.flow
         return flow.drained() if flow.paused else READY
 
@@ -284,10 +290,11 @@ class RequestCycle:
 
     def flush_head(self) -> None:
         if self.started and not self.head_written and not self.disconnected:
-            self.conn.write(self._head(b"", True))
+            self.conn.write(self._head(0, True))
 
-    def _head(self, body: bytes, more_body: object) -> bytes:
-        """Status line and headers, with framing decided from the first body message."""
+    def _head(self, size: int, more_body: object) -> bytes:
+        """Status line and headers, with framing decided from the first body message (`size`
+        bytes, the last one unless `more_body`)."""
         block = self._block
         assert block is not None
         conn = self.conn
@@ -304,7 +311,7 @@ class RequestCycle:
         elif block.content_length >= 0:
             self.length_left = block.content_length
         elif not more_body and not block.chunked:
-            framing = b"content-length: %d\r\n" % len(body)
+            framing = b"content-length: %d\r\n" % size
         elif not self.http10:
             framing = _CHUNKED
             self.chunked = True
@@ -330,7 +337,7 @@ class RequestCycle:
                 raise InvalidResponse(f"response body must be bytes, got {type(body).__name__}")
             body = bytes(body)
         size = len(body)
-        head = b"" if self.head_written else self._head(body, more_body)
+        head = b"" if self.head_written else self._head(size, more_body)
         if size > self.length_left >= 0 and not self.head_only:
             raise InvalidResponse("response body is longer than its Content-Length")
         if self.head_only:
@@ -418,6 +425,7 @@ class HttpProtocol(asyncio.Protocol):
         "_queue",
         "_raw",
         "_rejected",
+        "_te",
         "_timer",
         "_transfer_encoding",
         "_upgrade",
@@ -473,6 +481,7 @@ class HttpProtocol(asyncio.Protocol):
         self._rejected = False  # after an error response nothing more is parsed
         self._upgrade: bytes | None = None
         self._upgrade_offer: bytes | None = None  # the request's Upgrade header, lowercased
+        self._te: bytes | None = None  # the request's TE header (does it accept trailers?)
         self._websocket_scope: dict[str, Any] | None = None
         self._websocket_trailing: bytes | None = None
         self._pending_error: bytes | None = None
@@ -593,6 +602,8 @@ class HttpProtocol(asyncio.Protocol):
             self._content_length = int(value)  # llhttp has checked it: digits, only one
         elif size == 17 and name == b"transfer-encoding":
             self._transfer_encoding = value  # llhttp refuses a second one
+        elif size == 2 and name == b"te":
+            self._te = value if self._te is None else self._te + b"," + value
         self._headers.append((name, value))
 
     def _fields_too_large(self, line: int) -> None:
@@ -707,6 +718,11 @@ class HttpProtocol(asyncio.Protocol):
         cycle = RequestCycle(
             self, scope, http10, method == "HEAD", keep_alive, expect_100 and not http10
         )
+        if self._te is not None:
+            # Trailers only for a client that says it takes them (and chunks: not HTTP/1.0).
+            if not http10:
+                cycle.ext = accepts_trailers(self._te)
+            self._te = None
         if state.access_log is not None or state.metrics is not None:
             cycle.start_time = state.duration_clock()
             if state.metrics is not None:
