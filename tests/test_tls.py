@@ -14,6 +14,7 @@ import trustme
 from cryptography import x509
 from websockets.sync.client import connect
 
+from aserve.asgi import HTTP_EXTENSIONS
 from aserve.config import Config
 from aserve.errors import ConfigError
 from aserve.tls import create_ssl_context
@@ -104,6 +105,8 @@ def test_https_with_httpx_and_the_tls_extension(loop_name, certs):
     # The TLS 1.3 suites: 0x1301 TLS_AES_128_GCM_SHA256, 0x1302, 0x1303.
     assert tls["cipher_suite"] in (0x1301, 0x1302, 0x1303)
     assert scopes[1]["extensions"]["tls"] == tls
+    # The server's other extensions are still offered on a TLS connection.
+    assert set(HTTP_EXTENSIONS) <= set(scopes[0]["extensions"])
 
 
 def test_tls_1_2_reports_its_version_and_suite(certs):
