@@ -18,6 +18,8 @@ from aserve.config import (
     DEFAULT_LIMIT_REQUEST_HEAD,
     DEFAULT_LIMIT_REQUEST_LINE,
     DEFAULT_TIMEOUT_KEEP_ALIVE,
+    DEFAULT_TIMEOUT_REQUEST_BODY_IDLE,
+    DEFAULT_TIMEOUT_REQUEST_HEADER,
     DEFAULT_TIMEOUT_SSL_HANDSHAKE,
     LOG_LEVELS,
     ConfigError,
@@ -227,6 +229,30 @@ def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> 
     type=int,
     default=None,
     help="Largest request body in bytes; larger: 413. Default: unlimited.",
+)
+# Request deadlines (hardening; docs/security.md).
+@click.option(
+    "--timeout-request-header",
+    type=float,
+    default=DEFAULT_TIMEOUT_REQUEST_HEADER,
+    show_default=True,
+    help="Seconds for a whole request head to arrive, from its first byte (from the "
+    "connection for its first request); late: 408.",
+)
+@click.option(
+    "--timeout-request-body-idle",
+    type=float,
+    default=DEFAULT_TIMEOUT_REQUEST_BODY_IDLE,
+    show_default=True,
+    help="Seconds a request body may stop arriving; then 408, or a close once the response "
+    "started.",
+)
+@click.option(
+    "--timeout-request",
+    type=float,
+    default=None,
+    help="Seconds an app may take to start its response before it is cancelled and the "
+    "client gets 503. Default: no limit.",
 )
 @click.option(
     "--backlog",

@@ -40,6 +40,12 @@ DEFAULT_LIMIT_REQUEST_FIELD_SIZE = 8190
 DEFAULT_LIMIT_REQUEST_FIELDS = 100
 DEFAULT_LIMIT_REQUEST_HEAD = 65536
 
+# Request deadlines (docs/security.md). A head is a few hundred bytes: 20 s is generous for the
+# slowest mobile link, and short enough that a slow-loris client frees its slot soon. A body
+# may pause (a phone changing networks), so its idle timeout is nginx's client_body_timeout.
+DEFAULT_TIMEOUT_REQUEST_HEADER = 20.0
+DEFAULT_TIMEOUT_REQUEST_BODY_IDLE = 60.0
+
 
 @dataclass
 class Config:
@@ -108,6 +114,10 @@ class Config:
     limit_request_body: int | None = None
     # WebSocket close wait, log format (extensions)
     ws_close_timeout: float = 10.0
+    # Request deadlines (hardening).
+    timeout_request_header: float = DEFAULT_TIMEOUT_REQUEST_HEADER
+    timeout_request_body_idle: float = DEFAULT_TIMEOUT_REQUEST_BODY_IDLE
+    timeout_request: float | None = None
 
     def __post_init__(self) -> None:
         if self.env_file is not None:
@@ -191,6 +201,11 @@ class Config:
             raise ConfigError(
                 f"limit_request_body must be 0 or more, got {self.limit_request_body!r}"
             )
+        for name in ("timeout_request_header", "timeout_request_body_idle"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be greater than 0")
+        if self.timeout_request is not None and self.timeout_request <= 0:
+            raise ConfigError("timeout_request must be greater than 0, or None to disable it")
         if self.limit_request_head < 64:
             raise ConfigError(
                 f"limit_request_head must be 64 or more, got {self.limit_request_head}"

@@ -51,6 +51,9 @@ class ServerState:
         "shutting_down",
         "tasks",
         "timeout_keep_alive",
+        "timeout_request",
+        "timeout_request_body_idle",
+        "timeout_request_header",
         "tls_info",
         "trusted_proxies",
         "valid_host",
@@ -87,6 +90,10 @@ class ServerState:
         # The last Host header found valid: most requests repeat it, and then skip the check.
         self.valid_host = b""
         self.timeout_keep_alive = config.timeout_keep_alive
+        # Request deadlines (docs/security.md).
+        self.timeout_request_header = config.timeout_request_header
+        self.timeout_request_body_idle = config.timeout_request_body_idle
+        self.timeout_request: float | None = config.timeout_request
         # The `tls` extension's per-server part (tls.TLSInfo) when TLS is on; the server sets it.
         self.tls_info: Any = None
         self.trusted_proxies: TrustedProxies | None = (

@@ -37,6 +37,8 @@ from aserve.protocols.rejection import (
     CONTENT_TOO_LARGE,
     FIELDS_TOO_LARGE,
     NOT_IMPLEMENTED,
+    REQUEST_TIMEOUT,
+    SERVICE_UNAVAILABLE,
     URI_TOO_LONG,
     VERSION_NOT_SUPPORTED,
     RequestRejected,
@@ -228,6 +230,7 @@ class RequestCycle:
         if self.expect_100:
             self.expect_100 = False
             self.conn.write(_CONTINUE)
+            self.conn._body_read_at = self.conn.loop.time()  # the client starts its body now
 
     def take_body(self) -> Message:
         chunks = self.chunks
@@ -392,10 +395,16 @@ class RequestCycle:
             self.conn.abort()  # the head is out: closing is the only honest way to fail now
 
     def _respond_500(self) -> None:
+        self.respond_error(500, b"Internal Server Error")
+
+    def respond_error(self, status: int, body: bytes) -> None:
+        """Answer in the app's place, before it started a response."""
         self.started = False
         self.head_written = False
-        self._start(500, _ERROR_HEADERS)
-        self._body(b"Internal Server Error", False)
+        if status != 500:
+            self.keep_alive = False  # the app may still be running: this connection is done
+        self._start(status, _ERROR_HEADERS)
+        self._body(body, False)
 
 
 class HttpProtocol(asyncio.Protocol):
@@ -405,6 +414,7 @@ class HttpProtocol(asyncio.Protocol):
         "_active",
         "_batch",
         "_batch_size",
+        "_body_read_at",
         "_body_received",
         "_closed",
         "_content_length",
@@ -414,6 +424,7 @@ class HttpProtocol(asyncio.Protocol):
         "_forwarded",
         "_given_addresses",
         "_head_size",
+        "_head_started",
         "_headers",
         "_host",
         "_idle_since",
@@ -425,8 +436,11 @@ class HttpProtocol(asyncio.Protocol):
         "_queue",
         "_raw",
         "_rejected",
+        "_request_started",
+        "_request_task",
         "_te",
         "_timer",
+        "_timer_at",
         "_transfer_encoding",
         "_upgrade",
         "_upgrade_offer",
@@ -491,8 +505,15 @@ class HttpProtocol(asyncio.Protocol):
         self._paused = 0
         self.flow = WriteFlow(self.loop)
         self._closed = False
+        # Deadlines, all kept by one timer per connection, re-armed from these timestamps (see
+        # `_on_timer`): no timer object per request.
         self._idle_since = 0.0
+        self._head_started = 0.0  # 0.0: no head in progress
+        self._body_read_at = 0.0
+        self._request_started = 0.0
+        self._request_task: asyncio.Task[Any] | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
         self.dispatching = False
 
     # -- asyncio callbacks -----------------------------------------------------------------
@@ -516,10 +537,9 @@ class HttpProtocol(asyncio.Protocol):
         # A peer on a Unix socket has no address (client None): it is trusted as the list says.
         if trusted is not None and trusted.trusts_peer(self.client[0] if self.client else ""):
             self._proxy = trusted  # the peer is a proxy we believe: read its forwarding headers
-        self._idle_since = self.loop.time()
-        self._timer = self.loop.call_at(
-            self._idle_since + self.state.timeout_keep_alive, self._on_keep_alive_timer
-        )
+        # The first request head must arrive in time, counted from the connection itself.
+        self._idle_since = self._head_started = self.loop.time()
+        self._arm(self._head_started + self.state.timeout_request_header)
         if self.state.shutting_down:
             self.shutdown()  # accepted just before the listener closed
 
@@ -554,6 +574,8 @@ class HttpProtocol(asyncio.Protocol):
         else:
             if self._raw:  # the read ended inside a head, or between two pieces of a body
                 self._check_raw()
+            if self._parsing is not None:  # the read ended inside a body
+                self._body_pending()
         self._line_chunk = None
         self._run_queue()
 
@@ -658,6 +680,7 @@ class HttpProtocol(asyncio.Protocol):
         self._host = None
         self._content_length = -1
         self._head_size = self._fields = self._raw = self._body_received = 0
+        self._head_started = 0.0
         # The request line is `method SP target SP HTTP/1.1 CRLF`, the head ends with CRLF.
         if version_at + 10 > state.limit_request_line:
             raise RequestRejected(URI_TOO_LONG, "request line too long")
@@ -820,6 +843,10 @@ class HttpProtocol(asyncio.Protocol):
                 else:
                     tasks.add(task)
                     task.add_done_callback(cycle.app_finished)
+                    if state.timeout_request is not None:
+                        self._request_task = task
+                        self._request_started = self.loop.time()
+                        self._arm(self._request_started + state.timeout_request)
                 if cycle.started and not cycle.head_written and not cycle.disconnected:
                     cycle.flush_head()  # the app paused between start and body
             if self._paused & _PAUSED_FOR_PIPELINE and len(queue) <= PIPELINE_HIGH_WATER // 2:
@@ -854,6 +881,8 @@ class HttpProtocol(asyncio.Protocol):
             cycle.chunks = []
             self.resume_reading(_PAUSED_FOR_BODY)
         self._idle_since = self.state.clock()
+        # Rarely moves the timer: only when the keep-alive timeout is the shorter deadline.
+        self._arm(self._idle_since + self.state.timeout_keep_alive)
         if not self.dispatching:  # else the dispatch loop below us takes the next request
             self._run_queue()
 
@@ -869,6 +898,8 @@ class HttpProtocol(asyncio.Protocol):
             self._paused &= ~reason
             if not self._paused and not self._closed:
                 self.transport.resume_reading()
+                # The client was held back by us: its body's idle time starts again now.
+                self._body_read_at = self.loop.time()
 
     def write(self, data: bytes) -> None:
         """Write now, or batch while an eager app start is running (`dispatching`).
@@ -913,20 +944,87 @@ class HttpProtocol(asyncio.Protocol):
         if self._active is None and not self._queue:
             self._close()
 
-    def _on_keep_alive_timer(self) -> None:
+    def _arm(self, deadline: float) -> None:
+        """Make the connection's one timer fire by `deadline` (it re-arms itself after)."""
+        timer = self._timer
+        if timer is not None:
+            if self._timer_at <= deadline:
+                return
+            timer.cancel()
+        self._timer_at = deadline
+        self._timer = self.loop.call_at(deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
+        """Every deadline of the connection, decided from its state and timestamps:
+
+        idle      the keep-alive timeout since the last response: close
+        head      --timeout-request-header since the head's first byte (or since the connection
+                  opened, for its first request): 408 if bytes came, else close
+        body      --timeout-request-body-idle since body bytes last came: 408 if no response
+                  has started, else close
+        request   --timeout-request since the app was called without it starting a response:
+                  503, the app cancelled
+        """
         self._timer = None
         if self._closed:
             return
+        state = self.state
         now = self.loop.time()
-        timeout = self.state.timeout_keep_alive
-        if self._active is None and not self._queue:
-            deadline = self._idle_since + timeout
-            if now >= deadline:
-                self._close()
-                return
+        active = self._active
+        if active is None and not self._queue and self._parsing is None:
+            started = self._head_started
+            if started:
+                deadline = started + state.timeout_request_header
+                if now >= deadline:
+                    if self._raw or self._url:
+                        self._reject(REQUEST_TIMEOUT, "the request head did not arrive in time")
+                    else:
+                        self._close()  # never a byte of a request: nothing to answer
+                    return
+            else:
+                deadline = self._idle_since + state.timeout_keep_alive
+                if now >= deadline:
+                    self._close()
+                    return
         else:
-            deadline = now + timeout
-        self._timer = self.loop.call_at(deadline, self._on_keep_alive_timer)
+            deadline = now + state.timeout_keep_alive
+            parsing = self._parsing
+            if (
+                parsing is not None
+                and not parsing.expect_100  # the client waits for our 100 Continue
+                and not self._paused & _PAUSED_FOR_BODY  # we hold the client back
+            ):
+                body_deadline = self._body_read_at + state.timeout_request_body_idle
+                if now >= body_deadline:
+                    self._reject(REQUEST_TIMEOUT, "the request body stopped arriving")
+                    return
+                deadline = min(deadline, body_deadline)
+            timeout = state.timeout_request
+            task = self._request_task
+            if timeout is not None and task is not None and active is not None:
+                if active.started or task_done(task):
+                    self._request_task = None
+                else:
+                    request_deadline = self._request_started + timeout
+                    if now >= request_deadline:
+                        self._request_timed_out(active, task, timeout)
+                        return
+                    deadline = min(deadline, request_deadline)
+        self._arm(deadline)
+
+    def _request_timed_out(
+        self, cycle: RequestCycle, task: asyncio.Task[Any], timeout: float
+    ) -> None:
+        self._request_task = None
+        scope = cycle.scope
+        error_logger.error(
+            "Request cancelled after %ss without a response: %s %s",
+            timeout,
+            scope.get("method"),
+            scope.get("path"),
+        )
+        cycle.respond_error(SERVICE_UNAVAILABLE, b"Service Unavailable")
+        task.cancel()
 
     def _check_raw(self) -> None:
         """After a read that left bytes the parser holds unseen: a head in progress (a header
@@ -938,6 +1036,16 @@ class HttpProtocol(asyncio.Protocol):
                 self._reject(FIELDS_TOO_LARGE, "request head too large")
             else:
                 self._reject(BAD_REQUEST, "chunk extensions or trailers too large")
+        elif self._parsing is None and not self._head_started:
+            # A head began: it must be complete within --timeout-request-header of now.
+            self._head_started = self.loop.time()
+            self._arm(self._head_started + self.state.timeout_request_header)
+
+    def _body_pending(self) -> None:
+        """A body is still arriving: the client may not go quiet for longer than
+        --timeout-request-body-idle (one clock read per read of body, none per request)."""
+        now = self._body_read_at = self.loop.time()
+        self._arm(now + self.state.timeout_request_body_idle)
 
     def _reject(self, status: int, reason: str) -> None:
         """Answer a request we refuse with one error response, after the responses owed to
@@ -965,6 +1073,8 @@ class HttpProtocol(asyncio.Protocol):
 
     def _send_error_and_close(self, response: bytes) -> None:
         self._pending_error = None
+        if self.transport.is_closing():
+            return  # the last response said the connection ends there (HTTP/1.0, close)
         if self.state.metrics is not None:
             self.state.metrics.error_response(int(response[9:12]))
         self.write(response)
