@@ -105,6 +105,15 @@ test-all-pythons:
 autobahn: $(VENV)/.installed-dev
 	$(VENV)/bin/python benchmarks/autobahn.py $(AUTOBAHN_ARGS)
 
+# Coverage-guided fuzzing of the request path (atheris, libFuzzer) for FUZZ_SECONDS; not part
+# of make test. Inputs that break a property are saved as crash-* in .fuzz/.
+FUZZ_SECONDS ?= 60
+fuzz: $(VENV)/.installed-dev
+	$(PIP) install -q atheris
+	mkdir -p .fuzz/corpus
+	cd .fuzz && ASERVE_NO_EXTENSIONS=$${ASERVE_NO_EXTENSIONS:-0} ../$(VENV)/bin/python \
+		../tests/fuzz/fuzz_requests.py -max_total_time=$(FUZZ_SECONDS) corpus
+
 clean:
 	rm -rf $(VENV) .venv311 .venv-3.* site build src/*.egg-info .pytest_cache .ruff_cache
 	find src -name '*.so' -delete

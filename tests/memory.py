@@ -69,6 +69,8 @@ class Outcome:
     closed: bool
     calls: list[dict[str, Any]] = field(default_factory=list)
     bodies: list[bytes] = field(default_factory=list)
+    answered: list[str] = field(default_factory=list)  # paths the app answered, in order
+    timer_armed: bool = False  # a deadline was kept when the client stopped sending
 
     @property
     def statuses(self) -> list[int]:
@@ -89,6 +91,7 @@ def recording_app(outcome: Outcome) -> Any:
             if not message.get("more_body"):
                 break
         outcome.bodies.append(body)
+        outcome.answered.append(scope["path"])
         payload = scope["path"].encode()
         headers = [(b"content-length", str(len(payload)).encode())]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
@@ -115,6 +118,7 @@ async def exchange(pieces: Iterable[bytes], app: Any = None, **options: Any) -> 
         await asyncio.sleep(0)
     for _ in range(5):
         await asyncio.sleep(0)
+    outcome.timer_armed = getattr(transport.protocol, "_timer", None) is not None
     if not transport.closed:
         transport.protocol.connection_lost(None)
     await asyncio.sleep(0)
@@ -129,3 +133,35 @@ def splits(data: bytes) -> Iterator[list[bytes]]:
     for cut in range(1, len(data)):
         yield [data[:cut], data[cut:]]
     yield [data[i : i + 1] for i in range(len(data))]
+
+
+def cut(data: bytes, points: Iterable[int]) -> list[bytes]:
+    """`data` cut into reads at `points` (taken modulo its length)."""
+    marks = sorted({point % (len(data) + 1) for point in points})
+    pieces, start = [], 0
+    for mark in [*marks, len(data)]:
+        if mark > start:
+            pieces.append(data[start:mark])
+            start = mark
+    return pieces
+
+
+def check_outcomes(data: bytes, whole: Outcome, split: Outcome) -> None:
+    """What must hold for any bytes a client sends, whole or split (the fuzzers' oracle)."""
+    for outcome in (whole, split):
+        statuses = outcome.statuses
+        # Never hangs: either closed, or a deadline is kept for what it waits for.
+        assert outcome.closed or outcome.timer_armed, (data, outcome.data)
+        # One 200 per request the app answered, at most one error, and that one last.
+        assert statuses.count(200) == len(outcome.answered), (data, outcome.data)
+        refused = [status for status in statuses if status >= 400]
+        assert len(refused) <= 1, (data, outcome.data)
+        if refused:
+            assert statuses[-1] == refused[0] and outcome.closed, (data, outcome.data)
+            # Nothing after the error response: its one-line body ends the output.
+            assert outcome.data.endswith(b".\n"), (data, outcome.data)
+    # The split changes nothing the client can see (but a 100 Continue, sent only when the
+    # app asks for a body that has not arrived yet).
+    final = [[status for status in o.statuses if status >= 200] for o in (whole, split)]
+    assert final[0] == final[1], (data, whole.data, split.data)
+    assert split.answered == whole.answered, data
