@@ -111,8 +111,8 @@ FUZZ_SECONDS ?= 60
 fuzz: $(VENV)/.installed-dev
 	$(PIP) install -q atheris
 	mkdir -p .fuzz/corpus
-	cd .fuzz && ASERVE_NO_EXTENSIONS=$${ASERVE_NO_EXTENSIONS:-0} ../$(VENV)/bin/python \
-		../tests/fuzz/fuzz_requests.py -max_total_time=$(FUZZ_SECONDS) corpus
+	cd .fuzz && ../$(VENV)/bin/python ../tests/fuzz/fuzz_requests.py \
+		-max_total_time=$(FUZZ_SECONDS) corpus
 
 clean:
 	rm -rf $(VENV) .venv311 .venv-3.* site build src/*.egg-info .pytest_cache .ruff_cache
