@@ -213,7 +213,9 @@ def summarize(runs, servers):
             "runs": len(good),
             "errors": sum(sum(r["errors"].values()) for r in good),
         }
-    base = summary.get("aserve", {}).get("requests_per_cpu_second")
+    # The ratio is to aserve with workers, or to one aserve process when that is all there is.
+    base_row = summary.get("aserve") or summary.get("aserve-1") or {}
+    base = base_row.get("requests_per_cpu_second")
     for row in summary.values():
         row["vs_aserve"] = row["requests_per_cpu_second"] / base if base else None
     return summary
