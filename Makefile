@@ -106,13 +106,14 @@ autobahn: $(VENV)/.installed-dev
 	$(VENV)/bin/python benchmarks/autobahn.py $(AUTOBAHN_ARGS)
 
 # Coverage-guided fuzzing of the request path (atheris, libFuzzer) for FUZZ_SECONDS; not part
-# of make test. Inputs that break a property are saved as crash-* in .fuzz/.
+# of make test. Inputs that break a property are saved as crash-* in .fuzz/. The hot path runs
+# as Python source so that atheris sees its coverage (ASERVE_NO_EXTENSIONS=0: the compiled one).
 FUZZ_SECONDS ?= 60
 fuzz: $(VENV)/.installed-dev
 	$(PIP) install -q atheris
 	mkdir -p .fuzz/corpus
-	cd .fuzz && ../$(VENV)/bin/python ../tests/fuzz/fuzz_requests.py \
-		-max_total_time=$(FUZZ_SECONDS) corpus
+	cd .fuzz && ASERVE_NO_EXTENSIONS=$${ASERVE_NO_EXTENSIONS-1} ../$(VENV)/bin/python \
+		../tests/fuzz/fuzz_requests.py -max_total_time=$(FUZZ_SECONDS) corpus
 
 clean:
 	rm -rf $(VENV) .venv311 .venv-3.* site build src/*.egg-info .pytest_cache .ruff_cache
