@@ -784,3 +784,15 @@ def test_websockets_connection_lines_stay_out_of_an_info_root_logger(caplog):
     routed = [(r.levelno, r.getMessage()) for r in caplog.records if r.name == "aserve.websockets"]
     assert (TRACE, "connection open") in routed, routed
     assert not [r for r in caplog.records if r.name.startswith("websockets.server")]
+
+
+def test_handshake_access_line_carries_its_fields_for_json_logs(caplog):
+    caplog.set_level(logging.INFO, logger="aserve.access")
+    with serve(echo, log_format="json") as server, connect(ws_url(server, "/chat?room=1")):
+        pass
+    records = [r for r in caplog.records if r.name == "aserve.access"]
+    assert len(records) == 1
+    fields = records[0].__dict__["access"]
+    assert fields["websocket"] == "accepted" and fields["status"] == 101
+    assert (fields["path"], fields["query"]) == ("/chat", "room=1")
+    assert records[0].getMessage().endswith('"WebSocket /chat?room=1" [accepted]')

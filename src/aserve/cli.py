@@ -367,6 +367,13 @@ def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> 
     help="Seconds to wait for the peer to finish a WebSocket closing handshake.",
 )
 @click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="Server and access logs as text lines or as one JSON object a line.",
+)
+@click.option(
     "--version",
     is_flag=True,
     callback=_print_version,

@@ -22,6 +22,7 @@ LoopSetting = Literal["auto", "asyncio", "uvloop"]
 LifespanSetting = Literal["auto", "on", "off"]
 InterfaceSetting = Literal["auto", "asgi3", "asgi2"]
 WSSetting = Literal["auto", "websockets", "none"]
+LogFormat = Literal["text", "json"]
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 
@@ -114,6 +115,7 @@ class Config:
     limit_request_body: int | None = None
     # WebSocket close wait, log format (extensions)
     ws_close_timeout: float = 10.0
+    log_format: LogFormat = "text"
     # Request deadlines (hardening).
     timeout_request_header: float = DEFAULT_TIMEOUT_REQUEST_HEADER
     timeout_request_body_idle: float = DEFAULT_TIMEOUT_REQUEST_BODY_IDLE
@@ -131,6 +133,7 @@ class Config:
         _choice("ws", self.ws, ("auto", "websockets", "none"))
         _choice("lifespan", self.lifespan, ("auto", "on", "off"))
         _choice("interface", self.interface, ("auto", "asgi3", "asgi2"))
+        _choice("log_format", self.log_format, ("text", "json"))
         if not self.ws_close_timeout > 0:
             raise ConfigError(
                 f"ws_close_timeout must be greater than 0, got {self.ws_close_timeout!r}"

@@ -21,7 +21,7 @@ def serve(app: Any, **options: Any) -> None:
     watches files and runs the server in a child it restarts on change (reload.py).
     """
     config = Config(app, **options)
-    configure_logging(config.log_config, config.log_level, config.access_log)
+    configure_logging(config.log_config, config.log_level, config.access_log, config.log_format)
     if config.reload:
         run_reloader(config)
         return

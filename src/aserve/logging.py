@@ -57,6 +57,15 @@ LOGGING_CONFIG: dict[str, Any] = {
     },
 }
 
+# --log-format json: the same handlers, one JSON object a line (see JsonFormatter).
+JSON_LOGGING_CONFIG: dict[str, Any] = {
+    **LOGGING_CONFIG,
+    "formatters": {
+        "default": {"()": "aserve.logging.JsonFormatter"},
+        "access": {"()": "aserve.logging.JsonFormatter"},
+    },
+}
+
 _LEVEL_COLOURS = {
     TRACE: "\x1b[34m",
     logging.DEBUG: "\x1b[36m",
@@ -91,14 +100,50 @@ class DefaultFormatter(logging.Formatter):
         return bool(getattr(stream, "isatty", None) and stream.isatty())
 
 
+class JsonFormatter(logging.Formatter):
+    """One JSON object a line: `time` (UTC, ISO 8601), `level`, `logger`, `message`, the
+    access-log fields of an access line, and `exc_info` (the traceback) when there is one.
+
+    json.dumps escapes what a client controls (control characters, quotes, and everything
+    outside ASCII), so a value can never break the line or reach a terminal raw.
+    """
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": _iso_time(record.created),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        fields = record.__dict__.get("access")
+        if isinstance(fields, dict):
+            entry.update(fields)
+        if record.exc_info:
+            entry["exc_info"] = self.formatException(record.exc_info)
+        elif record.exc_text:
+            entry["exc_info"] = record.exc_text
+        if record.stack_info:
+            entry["stack_info"] = self.formatStack(record.stack_info)
+        return json.dumps(entry, default=str)
+
+
+def _iso_time(created: float) -> str:
+    import datetime
+
+    moment = datetime.datetime.fromtimestamp(created, datetime.UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
 def configure_logging(
     log_config: dict[str, Any] | str | os.PathLike[str] | None,
     log_level: str | int | None,
     access_log: bool,
+    log_format: str = "text",
 ) -> None:
-    """Apply the default config (or the user's file or dict), then the level and access switch."""
+    """Apply the default config in the chosen format (or the user's file or dict, which then
+    decides the format), then the level and access switch."""
     if log_config is None:
-        logging.config.dictConfig(LOGGING_CONFIG)
+        logging.config.dictConfig(JSON_LOGGING_CONFIG if log_format == "json" else LOGGING_CONFIG)
     elif isinstance(log_config, dict):
         logging.config.dictConfig(log_config)
     else:
@@ -223,14 +268,50 @@ class AccessRecord:
         self.duration = duration
 
 
+def access_fields(record: AccessRecord) -> dict[str, Any]:
+    """Every access-log field as a JSON value, unescaped (the JSON encoder escapes): numbers
+    as numbers, a missing header or client as null."""
+    scope = record.scope
+    client = scope.get("client")
+    wanted: dict[bytes, str | None] = {b"user-agent": None, b"referer": None, b"x-request-id": None}
+    for name, value in scope["headers"]:
+        if name in wanted and wanted[name] is None:
+            wanted[name] = value.decode("latin-1")
+    path = scope["path"]
+    query = scope["query_string"].decode("latin-1")
+    return {
+        "client": f"{client[0]}:{client[1]}" if client else None,
+        "client_ip": client[0] if client else None,
+        "method": scope.get("method", "GET"),  # (a WebSocket scope has none)
+        "path": path,
+        "query": query,
+        "full_path": f"{path}?{query}" if query else path,
+        "http_version": scope["http_version"],
+        "scheme": scope["scheme"],
+        "status": record.status,
+        "status_phrase": _status_phrase(record),
+        "bytes": record.body_bytes,
+        "duration": round(record.duration, 6),
+        "duration_ms": round(record.duration * 1000, 3),
+        "user_agent": wanted[b"user-agent"],
+        "referer": wanted[b"referer"],
+        "request_id": wanted[b"x-request-id"],
+    }
+
+
 class AccessLog:
-    """Formats and emits access lines; `enabled` is False when nothing would be written."""
+    """Formats and emits access lines; `enabled` is False when nothing would be written.
 
-    __slots__ = ("_fields", "_format", "_logger", "enabled")
+    `structured` (`--log-format json`): each line also carries every field, unescaped, as the
+    record's `access` attribute, which `JsonFormatter` (or any formatter) can write out.
+    """
 
-    def __init__(self, enabled: bool, fmt: str | None = None) -> None:
+    __slots__ = ("_fields", "_format", "_logger", "enabled", "structured")
+
+    def __init__(self, enabled: bool, fmt: str | None = None, structured: bool = False) -> None:
         import string
 
+        self.structured = structured
         self._logger = logging.getLogger("aserve.access")
         self._format = fmt or DEFAULT_ACCESS_LOG_FORMAT
         self._fields = tuple(
@@ -241,4 +322,8 @@ class AccessLog:
     def log(self, scope: dict[str, Any], status: int, body_bytes: int, duration: float) -> None:
         record = AccessRecord(scope, status, body_bytes, duration)
         values = {name: ACCESS_LOG_FIELDS[name](record) for name in self._fields}
-        self._logger.info(self._format.format_map(values))
+        if self.structured:
+            extra = {"access": access_fields(record)}
+            self._logger.info(self._format.format_map(values), extra=extra)
+        else:
+            self._logger.info(self._format.format_map(values))

@@ -226,7 +226,7 @@ def _serve_child(config: Config, sockets: list[socket.socket]) -> None:
     from aserve.lifespan import LifespanFailure
     from aserve.server import Server
 
-    configure_logging(config.log_config, config.log_level, config.access_log)
+    configure_logging(config.log_config, config.log_level, config.access_log, config.log_format)
     server = Server(config)
     server.systemd_notify = False  # a development server; the parent is what systemd started
     try:

@@ -160,7 +160,9 @@ class Server:
         if logging.getLogger("aserve").handlers:  # the CLI, `aserve.run` or the app did it
             pass
         elif config.log_config is not None or not logging.getLogger().handlers:
-            configure_logging(config.log_config, config.log_level, config.access_log)
+            configure_logging(
+                config.log_config, config.log_level, config.access_log, config.log_format
+            )
             return
         if config.log_level is not None:
             set_log_level(config.log_level)

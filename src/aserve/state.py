@@ -101,7 +101,9 @@ class ServerState:
         )
         # WebSocket upgrades are handled unless turned off ("auto": websockets is a dependency).
         self.websockets = config.ws != "none"
-        access_log = AccessLog(config.access_log, config.access_log_format)
+        access_log = AccessLog(
+            config.access_log, config.access_log_format, config.log_format == "json"
+        )
         # None when nothing would be written: the per-request check is one comparison.
         self.access_log: AccessLog | None = access_log if access_log.enabled else None
         # None unless metrics are on: the protocols' hook is one comparison when they are off.

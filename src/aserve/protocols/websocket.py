@@ -36,7 +36,14 @@ from websockets.server import ServerProtocol
 
 from aserve.asgi import ASGI_VERSION, WEBSOCKET_SPEC_VERSION, ClientDisconnected
 from aserve.flow_control import READY, WriteFlow
-from aserve.logging import TRACE, error_logger, escape, escape_bytes
+from aserve.logging import (
+    TRACE,
+    AccessRecord,
+    access_fields,
+    error_logger,
+    escape,
+    escape_bytes,
+)
 from aserve.protocols.headers import encode_headers, status_line
 from aserve.tasks import start_task
 
@@ -706,11 +713,18 @@ class WebSocketProtocol(asyncio.Protocol):
         client = scope.get("client")
         path = escape(scope["path"])
         query = scope["query_string"]
+        extra = None
+        if self.state.access_log.structured:  # --log-format json: the fields as values
+            status = 101 if outcome == "[accepted]" else int(outcome)
+            fields = access_fields(AccessRecord(scope, status, 0, 0.0))
+            del fields["duration"], fields["duration_ms"]  # (not known at the handshake)
+            extra = {"access": {**fields, "websocket": outcome.strip("[]")}}
         _access_logger.info(
             '%s - "WebSocket %s" %s',
             f"{client[0]}:{client[1]}" if client else "-",
             f"{path}?{escape_bytes(query)}" if query else path,
             outcome,
+            extra=extra,
         )
 
 
