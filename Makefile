@@ -17,7 +17,7 @@ $(VENV)/bin/python:
 
 # Also rebuilt when a compiled module changes: an editable install keeps its compiled copies.
 HOT_PATH := $(addprefix src/aserve/,protocols/http.py protocols/headers.py state.py \
-	flow_control.py tasks.py)
+	flow_control.py tasks.py metrics.py)
 $(VENV)/.installed: $(VENV)/bin/python pyproject.toml setup.py $(HOT_PATH)
 	$(PIP) install -q -e .
 	@touch $@

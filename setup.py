@@ -25,6 +25,7 @@ COMPILED_MODULES = [
     "src/aserve/state.py",
     "src/aserve/flow_control.py",
     "src/aserve/tasks.py",
+    "src/aserve/metrics.py",
 ]
 
 

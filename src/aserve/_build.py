@@ -18,6 +18,7 @@ from pathlib import Path
 # Keep in step with COMPILED_MODULES in setup.py (tests/test_build.py checks that they agree).
 HOT_PATH_MODULES = (
     "aserve.flow_control",
+    "aserve.metrics",
     "aserve.protocols.headers",
     "aserve.protocols.http",
     "aserve.state",

@@ -1,5 +1,5 @@
 """Per-connection protocols: HTTP/1.1 (`http`) and WebSocket (`websocket`).
 
-`http` and `headers` may be installed compiled (mypyc, see setup.py); `aserve._build` selects
-which variant runs.
+`http` and `headers` may be installed compiled (mypyc, with the other modules setup.py
+lists); `aserve._build` selects which variant runs.
 """
