@@ -21,6 +21,7 @@ from aserve.config import (
     DEFAULT_TIMEOUT_REQUEST_BODY_IDLE,
     DEFAULT_TIMEOUT_REQUEST_HEADER,
     DEFAULT_TIMEOUT_SSL_HANDSHAKE,
+    DEFAULT_TIMEOUT_WORKER_HEALTHCHECK,
     LOG_LEVELS,
     ConfigError,
     parse_header_option,
@@ -336,6 +337,42 @@ def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> 
     default="",
     help="Look for APP in this directory (added to sys.path). Default: the current directory.",
 )
+# Workers under a supervisor (supervisor.py)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Number of worker processes, under a supervisor (1 included). "
+    "Defaults to $WEB_CONCURRENCY, else one process without a supervisor.",
+)
+@click.option(
+    "--timeout-worker-healthcheck",
+    type=click.FloatRange(min=0, min_open=True),
+    default=DEFAULT_TIMEOUT_WORKER_HEALTHCHECK,
+    show_default=True,
+    help="Seconds a worker's event loop may go without answering its heartbeat before "
+    "its stack is logged and it is replaced.",
+)
+@click.option(
+    "--limit-max-requests",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Replace a worker after it has served this many requests.",
+)
+@click.option(
+    "--limit-max-requests-jitter",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Add a random 0..N to each worker's --limit-max-requests, so they do not all "
+    "restart at once.",
+)
+@click.option(
+    "--limit-worker-memory",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Replace a worker whose resident memory (RSS) passes this many megabytes.",
+)
 # -- settings from the environment and pyproject.toml (settings.py) --
 @click.option(
     "--print-config",
@@ -392,6 +429,7 @@ def cli(
     """
     from aserve.entry import serve
     from aserve.lifespan import LifespanFailure
+    from aserve.supervisor import WorkerStartupFailure
 
     try:
         options, sources = _settings(
@@ -415,6 +453,8 @@ def cli(
         _fail(str(exc), EXIT_CONFIG_ERROR)
     except LifespanFailure as exc:
         _fail(f"application startup failed: {exc}", EXIT_STARTUP_FAILURE)
+    except WorkerStartupFailure as exc:
+        _fail(str(exc), EXIT_STARTUP_FAILURE)
 
 
 def _settings(**options: Any) -> tuple[dict[str, Any], dict[str, str]]:

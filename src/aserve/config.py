@@ -40,6 +40,10 @@ DEFAULT_LIMIT_REQUEST_LINE = 8190
 DEFAULT_LIMIT_REQUEST_FIELD_SIZE = 8190
 DEFAULT_LIMIT_REQUEST_FIELDS = 100
 DEFAULT_LIMIT_REQUEST_HEAD = 65536
+# Long enough that a busy but healthy worker is never killed: a heartbeat waits for its turn in
+# the event loop, so a loaded loop answers late. uvicorn's 5 s is reported to kill healthy
+# workers under load; a loop blocked for 30 s is broken by any measure.
+DEFAULT_TIMEOUT_WORKER_HEALTHCHECK = 30.0
 
 # Request deadlines (docs/security.md). A head is a few hundred bytes: 20 s is generous for the
 # slowest mobile link, and short enough that a slow-loris client frees its slot soon. A body
@@ -120,10 +124,24 @@ class Config:
     timeout_request_header: float = DEFAULT_TIMEOUT_REQUEST_HEADER
     timeout_request_body_idle: float = DEFAULT_TIMEOUT_REQUEST_BODY_IDLE
     timeout_request: float | None = None
+    # Workers under a supervisor (supervisor.py): any of these runs one.
+    workers: int | None = None
+    timeout_worker_healthcheck: float = DEFAULT_TIMEOUT_WORKER_HEALTHCHECK
+    limit_max_requests: int | None = None
+    limit_max_requests_jitter: int = 0
+    limit_worker_memory: float | None = None
 
     def __post_init__(self) -> None:
         if self.env_file is not None:
             load_env_file(self.env_file)
+        if self.workers is None and os.environ.get("WEB_CONCURRENCY"):
+            value = os.environ["WEB_CONCURRENCY"]
+            try:
+                self.workers = int(value)
+            except ValueError:
+                raise ConfigError(
+                    f"WEB_CONCURRENCY must be a positive integer, got {value!r}"
+                ) from None
         if self.forwarded_allow_ips is None:
             self.forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
         self._validate()
@@ -169,6 +187,7 @@ class Config:
         self._validate_metrics()
         if self.access_log_format is not None:
             check_access_log_format(self.access_log_format)
+        self._validate_workers()
         if self.reload and not isinstance(self.app, str):
             raise ConfigError('reload needs the app as an import string ("module:attribute")')
         if self.reload and getattr(self, "supervised", False):  # supervisor.py's settings
@@ -213,6 +232,33 @@ class Config:
             raise ConfigError(
                 f"limit_request_head must be 64 or more, got {self.limit_request_head}"
             )
+
+    def _validate_workers(self) -> None:
+        if self.workers is not None:
+            _positive("workers", self.workers)
+        if self.timeout_worker_healthcheck <= 0:
+            raise ConfigError("timeout_worker_healthcheck must be greater than 0")
+        if self.limit_max_requests is not None:
+            _positive("limit_max_requests", self.limit_max_requests)
+        if (
+            not isinstance(self.limit_max_requests_jitter, int)
+            or self.limit_max_requests_jitter < 0
+        ):
+            raise ConfigError(
+                "limit_max_requests_jitter must be 0 or more, "
+                f"got {self.limit_max_requests_jitter!r}"
+            )
+        if self.limit_worker_memory is not None and self.limit_worker_memory <= 0:
+            raise ConfigError("limit_worker_memory must be greater than 0 (megabytes)")
+
+    @property
+    def supervised(self) -> bool:
+        """Whether workers run under a supervisor: asked for, or needed to recycle workers."""
+        return (
+            self.workers is not None
+            or self.limit_max_requests is not None
+            or self.limit_worker_memory is not None
+        )
 
     @property
     def bind_description(self) -> str:

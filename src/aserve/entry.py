@@ -1,6 +1,7 @@
-"""The blocking entry point (`aserve.serve`, `aserve.run`, the CLI): one server, or the reloader.
+"""The blocking entry point (`aserve.serve`, `aserve.run`, the CLI): one server, workers, or reload.
 
-It sits above `server.py` and `reload.py` and picks between them, so neither imports the other.
+It sits above `server.py`, `supervisor.py` and `reload.py` and picks between them, so none of
+them imports another's caller.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from aserve.config import Config
 from aserve.logging import configure_logging
 from aserve.reload import run_reloader
 from aserve.server import Server
+from aserve.supervisor import supervise
 
 
 def serve(app: Any, **options: Any) -> None:
@@ -18,11 +20,16 @@ def serve(app: Any, **options: Any) -> None:
 
     Options are `Config`'s fields. Raises `ConfigError` (or `AppLoadError`, `LifespanFailure`)
     with a one-line message when the server cannot start. With `reload=True` a parent process
-    watches files and runs the server in a child it restarts on change (reload.py).
+    watches files and runs the server in a child it restarts on change (reload.py). With
+    `workers` (or a `limit_*` recycling setting) a supervisor runs worker processes
+    (supervisor.py); a worker that keeps failing to start raises `WorkerStartupFailure`.
     """
     config = Config(app, **options)
     configure_logging(config.log_config, config.log_level, config.access_log, config.log_format)
     if config.reload:
         run_reloader(config)
+        return
+    if config.supervised:
+        supervise(config)
         return
     Server(config).run()

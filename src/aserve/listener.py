@@ -8,6 +8,13 @@ wait was the whole p99 tail of the benchmark (docs/performance.md). asyncio's ow
 accepts up to 100 at a time. A `Listener` accepts up to `ACCEPT_BATCH` connections per
 wake-up on either loop, and hands each to the loop with `connect_accepted_socket` (which also
 takes the `ssl` context TLS will need).
+
+Workers under a supervisor share one listening socket, and the kernel wakes every worker
+waiting on it; whoever runs first accepts. With 128 per wake-up, one worker took most of a
+burst (the busiest of two served 67% of 256 connections opened at once, in the median of 30
+bursts, and up to 100%). A shared listener takes at most `SHARED_ACCEPT_BATCH` per wake-up and
+then yields the CPU, so a sibling woken for the same burst runs and takes its share: 50-53% in
+the median, on a machine with both cores busy (docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import errno
+import os
 import socket
 from collections.abc import Callable
 from typing import Any
@@ -25,6 +33,8 @@ from aserve.tasks import start_task
 
 # Connections accepted per wake-up at most, so a flood cannot starve the connections we have.
 ACCEPT_BATCH = 128
+# The same for a listening socket shared with other worker processes (see the docstring).
+SHARED_ACCEPT_BATCH = 16
 # After running out of file descriptors (or memory), wait this long before accepting again:
 # the socket stays readable, and retrying at once would spin.
 ACCEPT_RETRY_DELAY = 0.5
@@ -42,9 +52,12 @@ class Listener:
         protocol_factory: Callable[[], asyncio.Protocol],
         backlog: int,
         edge: Edge | None = None,
+        shared: bool = False,
     ) -> None:
         self.sockets = [sock]
         self._edge = edge  # PROXY protocol header and TLS, when on
+        self._shared = shared  # with other processes: a small batch, then yield the CPU
+        self._batch = SHARED_ACCEPT_BATCH if shared else ACCEPT_BATCH
         self._loop = loop
         self._sock = sock
         self._factory = protocol_factory
@@ -74,23 +87,27 @@ class Listener:
             task.cancel()  # a PROXY header or a TLS handshake still under way
 
     def _accept(self) -> None:
-        for _ in range(ACCEPT_BATCH):
+        accepted = 0
+        for _ in range(self._batch):
             try:
                 conn, _ = self._sock.accept()
             except (BlockingIOError, InterruptedError):
-                return
+                break
             except ConnectionAbortedError:
                 continue  # the client gave up while queued
             except OSError as exc:
                 if exc.errno in _OUT_OF_RESOURCES:
                     self._pause(exc)
-                    return
+                    break
                 error_logger.warning("accept() failed: %s", exc)  # that connection only
                 continue
             if self._exhausted:
                 self._exhausted = False
                 error_logger.warning("Accepting connections again")
             self._connect(conn)
+            accepted += 1
+        if accepted and self._shared:
+            os.sched_yield()  # let a sibling worker woken for the same burst take its share
 
     def _connect(self, conn: socket.socket) -> None:
         if self._edge is not None:

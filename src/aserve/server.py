@@ -48,6 +48,8 @@ class Server:
     """
 
     systemd_notify = True
+    # Whether the listening sockets are shared with other processes (workers): see listener.py.
+    shared_sockets = False
 
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -136,7 +138,12 @@ class Server:
                 self._metrics_waiting = loop.create_task(self._metrics_when_free(state))
             for sock in sockets:
                 listener = Listener(
-                    loop, sock, lambda: HttpProtocol(state), config.backlog, edge=edge
+                    loop,
+                    sock,
+                    lambda: HttpProtocol(state),
+                    config.backlog,
+                    edge=edge,
+                    shared=self.shared_sockets,
                 )
                 self.servers.append(listener)
                 listener.start()
@@ -240,11 +247,7 @@ class Server:
             if self.systemd_notify:
                 systemd.notify("STOPPING=1")
             error_logger.info("Shutting down")
-            state.shutting_down = True
-            for server in self.servers:
-                server.close()
-            for conn in list(state.connections):
-                conn.shutdown()
+            await self._close_connections(state)
             await self._drain(state)
         if self._lifespan is not None:
             if self.config.lifespan != "off":
@@ -268,6 +271,14 @@ class Server:
         if self._unlink_on_exit is not None:
             with contextlib.suppress(OSError):
                 os.unlink(self._unlink_on_exit)
+
+    async def _close_connections(self, state: ServerState) -> None:
+        """Stop accepting; close idle connections, the others after what they already read."""
+        state.shutting_down = True
+        for server in self.servers:
+            server.close()
+        for conn in list(state.connections):
+            conn.shutdown()
 
     async def _drain(self, state: ServerState) -> None:
         timeout = self.config.timeout_graceful_shutdown

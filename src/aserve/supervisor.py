@@ -1,0 +1,642 @@
+"""The supervisor: binds the sockets once, forks the workers, keeps them healthy and replaces them.
+
+It forks from a process with no event loop and no threads, so an app object (not only an
+import string) reaches every worker, and what the supervisor imported is shared copy-on-write.
+Its main loop follows gunicorn's arbiter: signal handlers only queue the signal (and
+`signal.set_wakeup_fd` wakes the wait), one `selectors` wait reads the workers' pipes with a
+short timeout, and everything else happens in the loop. Requests never pass through it: the
+workers accept on the inherited listening sockets themselves.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import selectors
+import signal
+import socket
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from aserve import systemd
+from aserve.config import Config
+from aserve.logging import error_logger
+from aserve.server import loop_factory
+from aserve.sockets import bind_sockets, describe
+from aserve.worker import (
+    FAILED,
+    HEARTBEAT,
+    READY,
+    RETIRE,
+    app_name,
+    decode,
+    run_worker,
+    set_title,
+)
+
+# Start-up failures in a row (no worker became ready in between) before giving up.
+CRASH_LOOP_LIMIT = 5
+# A worker asked to stop gets the graceful timeout plus this for lifespan shutdown and exit.
+STOP_SLACK = 5.0
+# After a failed replacement (recycling), the old worker keeps serving; try again after this.
+REPLACE_RETRY = 10.0
+# How long to wait for a blocked worker's stack after SIGUSR1.
+STACK_WAIT = 1.0
+# The main loop's longest sleep: how quickly a dead worker is noticed at worst.
+_WAIT = 0.1
+_MEMORY_CHECK_INTERVAL = 1.0
+
+_HANDLED_SIGNALS = (
+    signal.SIGINT,
+    signal.SIGTERM,
+    signal.SIGQUIT,
+    signal.SIGHUP,
+    signal.SIGTTIN,
+    signal.SIGTTOU,
+    signal.SIGCHLD,
+)
+
+STARTING = "starting"
+SERVING = "serving"
+
+
+class WorkerStartupFailure(RuntimeError):
+    """Workers kept failing during start-up; the message names the app's error."""
+
+
+def heartbeat_interval(timeout: float) -> float:
+    """How often a worker beats: several beats per timeout, at most one a second."""
+    return min(1.0, timeout / 4)
+
+
+def request_limit(limit: int | None, jitter: int, rng: random.Random) -> int | None:
+    """One worker's --limit-max-requests: N + randint(0, J), so workers do not retire together."""
+    if limit is None:
+        return None
+    return limit + (rng.randint(0, jitter) if jitter else 0)
+
+
+class CrashLoop:
+    """Counts start-up failures in a row; a worker becoming ready resets the count."""
+
+    def __init__(self, limit: int = CRASH_LOOP_LIMIT) -> None:
+        self.limit = limit
+        self.failures = 0
+
+    def failed(self) -> bool:
+        """Record a failure; True when the limit is reached and the supervisor should give up."""
+        self.failures += 1
+        return self.failures >= self.limit
+
+    def succeeded(self) -> None:
+        self.failures = 0
+
+    def backoff(self) -> float:
+        """Seconds to wait before starting the failed worker again: 0.1, 0.2, 0.4... up to 2."""
+        return min(0.1 * 2 ** max(self.failures - 1, 0), 2.0)
+
+
+def describe_status(status: int) -> str:
+    """A wait status as an operator reads it: "exited with status 3", "was killed by SIGKILL"."""
+    if os.WIFSIGNALED(status):
+        number = os.WTERMSIG(status)
+        try:
+            name = signal.Signals(number).name
+        except ValueError:
+            name = f"signal {number}"
+        return f"was killed by {name}"
+    return f"exited with status {os.waitstatus_to_exitcode(status)}"
+
+
+def rss_bytes(pid: int) -> int | None:
+    """Resident memory of a process from /proc/PID/statm (None if it is gone or not Linux)."""
+    try:
+        with open(f"/proc/{pid}/statm", "rb") as file:
+            return int(file.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+@dataclass(eq=False)
+class Worker:
+    """What the supervisor knows about one worker process."""
+
+    number: int
+    pid: int
+    channel: int  # read end of the worker's message pipe
+    stacks: int  # read end of the pipe faulthandler writes the stack to
+    purpose: str  # why it was started: "start", "respawn", "reload", "recycle"
+    started_at: float
+    state: str = STARTING
+    last_beat: float = 0.0
+    buffer: bytearray = field(default_factory=bytearray)
+    error: str | None = None
+    replaces: Worker | None = None  # the worker to drain once this one is ready
+    retire: str | None = None  # why this worker should be replaced (max requests, memory)
+    retry_at: float = 0.0
+    stop_reason: str | None = None  # why we stopped it; None while it should be serving
+    stop_deadline: float | None = None
+    killed: bool = False
+
+    @property
+    def name(self) -> str:
+        return f"worker {self.number} (pid {self.pid})"
+
+
+class Supervisor:
+    """Runs `config.workers` workers on `sockets` until told to stop (see the module docstring)."""
+
+    def __init__(
+        self, config: Config, sockets: list[socket.socket], from_systemd: bool = False
+    ) -> None:
+        self.config = config
+        self.sockets = sockets
+        self.from_systemd = from_systemd
+        self.target = config.workers or 1
+        self.workers: list[Worker] = []
+        self.deaths: Counter[int] = Counter()
+        self.crash_loop = CrashLoop()
+        self.respawn_at: dict[int, float] = {}
+        self.signals: list[int] = []
+        self.stopping: str | None = None  # "graceful" or "quick"
+        self.reload_queue: list[Worker] = []
+        self.reloading = False
+        self.failure: str | None = None
+        self.printed_errors: set[str] = set()
+        self.announced = False
+        self.rng = random.Random()
+        self.interval = heartbeat_interval(config.timeout_worker_healthcheck)
+        self.watchdog = systemd.watchdog_period()
+        self.next_watchdog = 0.0
+        self.next_memory_check = 0.0
+        self.selector = selectors.DefaultSelector()
+        self.wake_r, self.wake_w = os.pipe()
+
+    # -- the main loop ---------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Serve until SIGINT/SIGTERM; raises `WorkerStartupFailure` on a crash loop."""
+        os.set_blocking(self.wake_r, False)
+        os.set_blocking(self.wake_w, False)
+        self.selector.register(self.wake_r, selectors.EVENT_READ, None)
+        previous = {sig: signal.signal(sig, self._queue_signal) for sig in _HANDLED_SIGNALS}
+        previous_wakeup = signal.set_wakeup_fd(self.wake_w, warn_on_full_buffer=False)
+        set_title("supervisor", self.config)
+        error_logger.info(
+            "Started supervisor process [%d] for %d worker%s",
+            os.getpid(),
+            self.target,
+            "s" if self.target != 1 else "",
+        )
+        try:
+            for number in range(1, self.target + 1):
+                self._spawn(number, "start")
+            while True:
+                now = time.monotonic()
+                self._handle_signals(now)
+                self._reap(now)
+                if self.stopping is not None:
+                    if not self.workers:
+                        break
+                else:
+                    self._check_health(now)
+                    self._manage(now)
+                self._enforce_deadlines(now)
+                self._systemd(now)
+                self._wait(_WAIT)
+        finally:
+            signal.set_wakeup_fd(previous_wakeup)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            self._close()
+        if self.failure is not None:
+            raise WorkerStartupFailure(self.failure)
+        error_logger.info("Stopped supervisor process [%d]", os.getpid())
+
+    def _queue_signal(self, sig: int, _frame: Any) -> None:
+        self.signals.append(sig)  # all the work happens in the loop
+
+    def _wait(self, timeout: float) -> None:
+        for key, _ in self.selector.select(timeout):
+            if key.data is None:
+                with contextlib.suppress(OSError):
+                    while os.read(self.wake_r, 4096):
+                        pass
+            else:
+                self._read(key.data)
+
+    def _close(self) -> None:
+        for sock in self.sockets:
+            sock.close()
+        if self.config.uds is not None and not self.from_systemd:
+            with contextlib.suppress(OSError):
+                os.unlink(self.config.uds)
+        self.selector.close()
+        for fd in (self.wake_r, self.wake_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    # -- starting and stopping workers -----------------------------------------------------
+
+    def _spawn(self, number: int, purpose: str, replaces: Worker | None = None) -> Worker:
+        channel_r, channel_w = os.pipe()
+        stacks_r, stacks_w = os.pipe()
+        limit = request_limit(
+            self.config.limit_max_requests, self.config.limit_max_requests_jitter, self.rng
+        )
+        inherited = [self.wake_r, self.wake_w, self.selector.fileno(), channel_r, stacks_r]
+        for other in self.workers:
+            inherited += [other.channel, other.stacks]
+        for stream in (sys.stdout, sys.stderr):  # or the child would write them out again
+            with contextlib.suppress(Exception):
+                stream.flush()
+        pid = os.fork()
+        if pid == 0:
+            run_worker(
+                self.config,
+                self.sockets,
+                number,
+                channel_w,
+                stacks_w,
+                self.interval,
+                limit,
+                inherited,
+            )  # never returns
+        os.close(channel_w)
+        os.close(stacks_w)
+        os.set_blocking(channel_r, False)
+        os.set_blocking(stacks_r, False)
+        now = time.monotonic()
+        worker = Worker(number, pid, channel_r, stacks_r, purpose, now, replaces=replaces)
+        worker.last_beat = now
+        self.workers.append(worker)
+        self.selector.register(channel_r, selectors.EVENT_READ, worker)
+        error_logger.info("Started %s", worker.name)
+        return worker
+
+    def _stop(self, worker: Worker, reason: str, now: float) -> None:
+        """Ask a worker to drain and exit (SIGTERM), bounded by the graceful timeout."""
+        if worker.stop_reason is None:
+            worker.stop_reason = reason
+        timeout = self.config.timeout_graceful_shutdown
+        worker.stop_deadline = None if timeout is None else now + timeout + STOP_SLACK
+        self._kill(worker, signal.SIGTERM)
+
+    def _kill(self, worker: Worker, sig: int) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(worker.pid, sig)
+
+    def _reap(self, now: float) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            worker = next((w for w in self.workers if w.pid == pid), None)
+            if worker is not None:
+                self._read(worker)  # what it wrote before exiting (its start-up error)
+                self._exited(worker, status, now)
+
+    def _exited(self, worker: Worker, status: int, now: float) -> None:
+        self.workers.remove(worker)
+        with contextlib.suppress(KeyError, ValueError):
+            self.selector.unregister(worker.channel)
+        for fd in (worker.channel, worker.stacks):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        how = describe_status(status)
+        if worker.stop_reason not in (None, "blocked"):
+            if status == 0:
+                error_logger.info("Stopped %s (%s)", worker.name, worker.stop_reason)
+            else:
+                error_logger.warning("%s %s while stopping", worker.name.capitalize(), how)
+            return
+        if worker.state == STARTING and worker.stop_reason is None:
+            self._failed_to_start(worker, how, now)
+            return
+        self.deaths[worker.number] += 1
+        count = self.deaths[worker.number]
+        error_logger.error(
+            "%s %s%s; starting a new one (worker %d has died %d time%s)",
+            worker.name.capitalize(),
+            how,
+            " after its event loop blocked" if worker.stop_reason == "blocked" else "",
+            worker.number,
+            count,
+            "s" if count != 1 else "",
+        )
+
+    def _failed_to_start(self, worker: Worker, how: str, now: float) -> None:
+        error = worker.error or f"the worker {how} before it was ready"
+        self._print_error(worker, error)
+        summary = error.strip().splitlines()[-1] if error.strip() else error
+        if worker.purpose == "reload":
+            error_logger.error(
+                "Reload aborted: the new %s could not start (%s); keeping the running workers",
+                worker.name,
+                summary,
+            )
+            self.reload_queue.clear()
+            self._end_reload(aborted=True)
+            return
+        old = worker.replaces
+        if worker.purpose == "recycle" and old is not None:
+            error_logger.error(
+                "Could not replace worker %d: the new %s could not start (%s); "
+                "the old one keeps serving, trying again in %.0f s",
+                old.number,
+                worker.name,
+                summary,
+                REPLACE_RETRY,
+            )
+            old.retry_at = now + REPLACE_RETRY
+            return
+        if self.crash_loop.failed():
+            self.failure = (
+                f"workers failed to start {self.crash_loop.failures} times in a row: {summary}"
+            )
+            error_logger.error(
+                "Giving up after %d start-up failures in a row; stopping", self.crash_loop.failures
+            )
+            self._stop_all("graceful", now)
+            return
+        delay = self.crash_loop.backoff()
+        self.respawn_at[worker.number] = now + delay
+        error_logger.warning(
+            "%s failed to start (%d of %d); trying again in %.1f s",
+            worker.name.capitalize(),
+            self.crash_loop.failures,
+            self.crash_loop.limit,
+            delay,
+        )
+
+    def _print_error(self, worker: Worker, error: str) -> None:
+        """The app's start-up error, once, however many workers hit it."""
+        if error in self.printed_errors:
+            return
+        self.printed_errors.add(error)
+        error_logger.error("%s could not start:\n%s", worker.name.capitalize(), error)
+
+    # -- messages from workers -------------------------------------------------------------
+
+    def _read(self, worker: Worker) -> None:
+        while True:
+            try:
+                data = os.read(worker.channel, 65536)
+            except BlockingIOError:
+                break
+            except OSError:
+                data = b""
+            if not data:
+                with contextlib.suppress(KeyError, ValueError):
+                    self.selector.unregister(worker.channel)
+                break
+            worker.buffer += data
+        now = time.monotonic()
+        for kind, text in decode(worker.buffer):
+            if kind == HEARTBEAT:
+                worker.last_beat = now
+            elif kind == READY:
+                self._ready(worker, now)
+            elif kind == RETIRE:
+                if worker.retire is None and worker.stop_reason is None:
+                    worker.retire = text
+                    error_logger.info("%s %s: replacing it", worker.name.capitalize(), text)
+            elif kind == FAILED:
+                worker.error = text
+
+    def _ready(self, worker: Worker, now: float) -> None:
+        worker.state = SERVING
+        worker.last_beat = now
+        self.crash_loop.succeeded()
+        error_logger.info("%s is ready", worker.name.capitalize())
+        old = worker.replaces
+        worker.replaces = None
+        if old is not None and old in self.workers and self.stopping is None:
+            self._stop(old, "replaced" if worker.purpose == "recycle" else "reload", now)
+
+    # -- keeping the right workers running -------------------------------------------------
+
+    def _manage(self, now: float) -> None:
+        serving = [w for w in self.workers if w.stop_reason is None]
+        covered = {w.number for w in serving}
+        for number in range(1, self.target + 1):
+            if number not in covered and now >= self.respawn_at.get(number, 0.0):
+                self._spawn(number, "respawn" if self.announced else "start")
+        for worker in serving:
+            if worker.number > self.target:
+                self._stop(worker, "fewer workers", now)
+        replacing = {w.replaces for w in self.workers if w.replaces is not None}
+        if self.reloading and not any(w.purpose == "reload" for w in replacing_workers(self)):
+            while self.reload_queue:
+                old = self.reload_queue.pop(0)
+                if old in self.workers and old.stop_reason is None and old.number <= self.target:
+                    self._spawn(old.number, "reload", replaces=old)
+                    break
+            else:
+                self._end_reload(aborted=False)
+        for worker in self.workers:
+            if (
+                worker.retire is not None
+                and worker.state == SERVING
+                and worker.stop_reason is None
+                and worker not in replacing
+                and now >= worker.retry_at
+            ):
+                self._spawn(worker.number, "recycle", replaces=worker)
+        if not self.announced and self._all_ready():
+            self.announced = True
+            self._log_running()
+            systemd.notify("READY=1", f"STATUS={self.target} workers")
+
+    def _all_ready(self) -> bool:
+        ready = {w.number for w in self.workers if w.state == SERVING and w.stop_reason is None}
+        return all(number in ready for number in range(1, self.target + 1))
+
+    def _log_running(self) -> None:
+        for sock in self.sockets:
+            error_logger.info(
+                "aserve running on %s with %d worker%s (Press CTRL+C to quit)",
+                self._where(sock),
+                self.target,
+                "s" if self.target != 1 else "",
+            )
+
+    def _where(self, sock: socket.socket) -> str:
+        config = self.config
+        bound_here = config.uds is None and config.fd is None and not self.from_systemd
+        if sock.family != socket.AF_UNIX and bound_here:
+            host = f"[{config.host}]" if ":" in config.host else config.host  # as given
+            return f"http://{host}:{sock.getsockname()[1]}"
+        return describe(sock) + (" (socket from systemd)" if self.from_systemd else "")
+
+    def _check_health(self, now: float) -> None:
+        timeout = self.config.timeout_worker_healthcheck
+        for worker in list(self.workers):
+            if worker.state == SERVING and not worker.killed and now - worker.last_beat > timeout:
+                self._blocked(worker, now - worker.last_beat)
+        limit = self.config.limit_worker_memory
+        if limit is not None and now >= self.next_memory_check:
+            self.next_memory_check = now + _MEMORY_CHECK_INTERVAL
+            for worker in self.workers:
+                if worker.state != SERVING or worker.stop_reason or worker.retire:
+                    continue
+                rss = rss_bytes(worker.pid)
+                if rss is not None and rss > limit * 1024 * 1024:
+                    worker.retire = f"uses {rss / 1048576:.0f} MB, over --limit-worker-memory"
+                    error_logger.warning(
+                        "%s %s (%g MB): replacing it",
+                        worker.name.capitalize(),
+                        worker.retire,
+                        limit,
+                    )
+
+    def _blocked(self, worker: Worker, silent: float) -> None:
+        """Log where a worker's event loop is stuck, then kill it (it is replaced at once)."""
+        self._kill(worker, signal.SIGUSR1)  # faulthandler dumps every thread's stack
+        stack = self._read_stack(worker)
+        error_logger.error(
+            "%s has not answered its heartbeat for %.1f s: its event loop is blocked. "
+            "Its stack:\n%s",
+            worker.name.capitalize(),
+            silent,
+            stack.rstrip() or "(no stack received)",
+        )
+        worker.stop_reason = "blocked"
+        worker.killed = True
+        self._kill(worker, signal.SIGKILL)
+
+    def _read_stack(self, worker: Worker) -> str:
+        chunks: list[bytes] = []
+        deadline = time.monotonic() + STACK_WAIT
+        with selectors.DefaultSelector() as selector:
+            selector.register(worker.stacks, selectors.EVENT_READ)
+            while True:
+                left = deadline - time.monotonic()
+                # Once the dump has started, a pause means it is complete.
+                if left <= 0 or not selector.select(min(left, 0.2) if chunks else left):
+                    if chunks or left <= 0:
+                        break
+                    continue
+                try:
+                    data = os.read(worker.stacks, 65536)
+                except BlockingIOError:
+                    continue
+                if not data:
+                    break
+                chunks.append(data)
+        return b"".join(chunks).decode("utf-8", "replace")
+
+    def _enforce_deadlines(self, now: float) -> None:
+        for worker in self.workers:
+            if (
+                worker.stop_deadline is not None
+                and now >= worker.stop_deadline
+                and not worker.killed
+            ):
+                error_logger.warning(
+                    "%s did not stop in time; killing it", worker.name.capitalize()
+                )
+                worker.killed = True
+                self._kill(worker, signal.SIGKILL)
+
+    # -- signals ---------------------------------------------------------------------------
+
+    def _handle_signals(self, now: float) -> None:
+        while self.signals:
+            sig = self.signals.pop(0)
+            if sig == signal.SIGCHLD:
+                continue  # reaping happens every turn
+            if sig in (signal.SIGINT, signal.SIGTERM):
+                if self.stopping is None:
+                    error_logger.info("Received %s: stopping the workers", signal.Signals(sig).name)
+                    self._stop_all("graceful", now)
+                elif sig == signal.SIGINT and self.stopping != "quick":
+                    error_logger.info("Received SIGINT again: stopping at once")
+                    self._stop_all("quick", now)
+            elif sig == signal.SIGQUIT:
+                if self.stopping != "quick":
+                    error_logger.info("Received SIGQUIT: stopping at once")
+                    self._stop_all("quick", now)
+            elif self.stopping is not None:
+                continue
+            elif sig == signal.SIGHUP:
+                self._start_reload()
+            elif sig == signal.SIGTTIN:
+                self.target += 1
+                error_logger.info("Received SIGTTIN: %d workers", self.target)
+            elif sig == signal.SIGTTOU:
+                if self.target > 1:
+                    self.target -= 1
+                    error_logger.info(
+                        "Received SIGTTOU: %d worker%s", self.target, "s"[: self.target - 1]
+                    )
+                else:
+                    error_logger.info("Received SIGTTOU: keeping the last worker")
+
+    def _stop_all(self, how: str, now: float) -> None:
+        self.stopping = how
+        self.reload_queue.clear()
+        systemd.notify("STOPPING=1")
+        for worker in self.workers:
+            if how == "graceful":
+                if worker.stop_deadline is None or worker.stop_reason is None:
+                    self._stop(worker, "shutdown", now)
+            else:
+                if worker.stop_reason is None:
+                    worker.stop_reason = "shutdown"
+                worker.stop_deadline = now + STOP_SLACK
+                self._kill(worker, signal.SIGQUIT)
+
+    def _start_reload(self) -> None:
+        old = [w for w in self.workers if w.stop_reason is None and w.replaces is None]
+        error_logger.info(
+            "Received SIGHUP: restarting %d worker%s one at a time",
+            len(old),
+            "s" if len(old) != 1 else "",
+        )
+        self.reload_queue = old
+        self.reloading = True
+        monotonic_usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+        systemd.notify("RELOADING=1", f"MONOTONIC_USEC={monotonic_usec}")
+
+    def _end_reload(self, aborted: bool) -> None:
+        if not self.reloading:
+            return
+        self.reloading = False
+        if not aborted:
+            error_logger.info("Reload complete")
+        systemd.notify("READY=1", f"STATUS={self.target} workers")
+
+    def _systemd(self, now: float) -> None:
+        """WATCHDOG=1 from this loop while every serving worker answers its heartbeat."""
+        if self.watchdog is None or now < self.next_watchdog or self.stopping is not None:
+            return
+        timeout = self.config.timeout_worker_healthcheck
+        healthy = any(w.state == SERVING for w in self.workers) and all(
+            now - w.last_beat <= timeout for w in self.workers if w.state == SERVING
+        )
+        if healthy:
+            systemd.notify("WATCHDOG=1")
+            self.next_watchdog = now + self.watchdog
+
+
+def replacing_workers(supervisor: Supervisor) -> list[Worker]:
+    """Workers started to replace another one and not ready yet."""
+    return [w for w in supervisor.workers if w.replaces is not None and w.stop_reason is None]
+
+
+def supervise(config: Config) -> None:
+    """Bind the sockets once, then run the workers under a supervisor until stopped."""
+    loop_factory(config.loop)  # a missing uvloop is a config error now; imported once for all
+    sockets, from_systemd = bind_sockets(config)
+    Supervisor(config, sockets, from_systemd).run()
+
+
+__all__ = ["Supervisor", "WorkerStartupFailure", "app_name", "supervise"]

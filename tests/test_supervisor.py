@@ -1,0 +1,563 @@
+"""Workers under the supervisor: the real CLI in a subprocess, real signals, real clients."""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import os
+import random
+import re
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+
+from aserve.config import Config, ConfigError
+from aserve.supervisor import (
+    CrashLoop,
+    describe_status,
+    heartbeat_interval,
+    request_limit,
+    rss_bytes,
+)
+from aserve.worker import FAILED, HEARTBEAT, READY, decode, encode
+
+APPS = Path(__file__).parent / "apps"
+
+
+class Supervised:
+    """`python -m aserve tests.apps... --workers N` with its output collected on a thread."""
+
+    def __init__(self, *args: str, env: dict[str, str] | None = None, app: str = "") -> None:
+        command = [sys.executable, "-m", "aserve", app or "supervised:app", "--app-dir", str(APPS)]
+        self.proc = subprocess.Popen(
+            [*command, "--port", "0", "--no-access-log", *args],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            env={**os.environ, **(env or {})},
+            text=True,
+        )
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        self.port = 0
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.lines.append(line)
+
+    @property
+    def log(self) -> str:
+        return "".join(self.lines)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def wait_for_log(self, pattern: str, timeout: float = 20, count: int = 1) -> re.Match[str]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            matches = list(re.finditer(pattern, self.log))
+            if len(matches) >= count:
+                return matches[count - 1]
+            if self.proc.poll() is not None:
+                time.sleep(0.2)  # let the reader catch the last lines
+                matches = list(re.finditer(pattern, self.log))
+                if len(matches) >= count:
+                    return matches[count - 1]
+                break
+            time.sleep(0.05)
+        raise AssertionError(f"{pattern!r} not logged (x{count}):\n{self.log}")
+
+    def wait_until_running(self, timeout: float = 20) -> int:
+        match = self.wait_for_log(r"running on http://127\.0\.0\.1:(\d+) with", timeout)
+        self.port = int(match.group(1))
+        return self.port
+
+    def worker_pids(self) -> set[int]:
+        """Pids of the live worker processes, from the process table."""
+        out = subprocess.run(
+            ["ps", "-o", "pid=", "--ppid", str(self.proc.pid)],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout
+        return {int(pid) for pid in out.split()}
+
+    def send(self, sig: int) -> None:
+        os.kill(self.proc.pid, sig)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        code = self.proc.wait(timeout)
+        self._reader.join(5)
+        return code
+
+    def kill(self) -> None:
+        pids = self.worker_pids() if self.proc.poll() is None else set()
+        self.proc.kill()
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        self.proc.wait(10)
+
+
+@pytest.fixture
+def supervised():
+    started: list[Supervised] = []
+
+    def start(*args: str, **kwargs) -> Supervised:
+        server = Supervised(*args, **kwargs)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        if server.proc.poll() is None:
+            server.kill()
+
+
+def get_pid(url: str, path: str = "/", timeout: float = 10) -> int:
+    response = httpx.get(url + path, timeout=timeout)
+    assert response.status_code == 200
+    return int(response.text)
+
+
+def poll(condition: Callable[[], object], timeout: float = 20, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+class Load:
+    """Steady load: keep-alive clients (httpx) and clients opening a new connection each time.
+
+    Counts every request that did not get a 200 from a worker: across restarts there must be
+    none.
+    """
+
+    def __init__(self, url: str, keep_alive: int = 4, new_connections: int = 2) -> None:
+        self.url = url
+        self.stopping = threading.Event()
+        self.ok = 0
+        self.failures: list[str] = []
+        self.pids: collections.Counter[int] = collections.Counter()
+        self._lock = threading.Lock()
+        self.threads = [
+            threading.Thread(target=self._keep_alive, daemon=True) for _ in range(keep_alive)
+        ] + [
+            threading.Thread(target=self._new_connections, daemon=True)
+            for _ in range(new_connections)
+        ]
+
+    def __enter__(self) -> Load:
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stopping.set()
+        for thread in self.threads:
+            thread.join(20)
+
+    def _record(self, response: httpx.Response | None, error: Exception | None) -> None:
+        with self._lock:
+            if error is not None:
+                self.failures.append(f"{type(error).__name__}: {error}")
+            elif response is not None and response.status_code != 200:
+                self.failures.append(f"status {response.status_code}")
+            elif response is not None:
+                self.ok += 1
+                self.pids[int(response.text)] += 1
+
+    def _keep_alive(self) -> None:
+        with httpx.Client(timeout=10) as client:
+            while not self.stopping.is_set():
+                try:
+                    self._record(client.get(self.url + "/"), None)
+                except httpx.HTTPError as exc:
+                    self._record(None, exc)
+
+    def _new_connections(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                response = httpx.get(self.url + "/", timeout=10, headers={"connection": "close"})
+                self._record(response, None)
+            except httpx.HTTPError as exc:
+                self._record(None, exc)
+
+    def wait_for(self, requests: int, timeout: float = 20) -> None:
+        start = self.ok
+        poll(lambda: self.ok >= start + requests or self.failures, timeout, "load")
+
+
+# -- unit tests of the pieces ---------------------------------------------------------------
+
+
+def test_crash_loop_counts_failures_in_a_row_and_resets_on_success():
+    loop = CrashLoop(limit=3)
+    assert not loop.failed()
+    assert loop.backoff() == pytest.approx(0.1)
+    assert not loop.failed()
+    assert loop.backoff() == pytest.approx(0.2)
+    loop.succeeded()  # a worker became ready: the earlier failures were not a loop
+    assert not loop.failed()
+    assert not loop.failed()
+    assert loop.failed()
+    for _ in range(20):
+        loop.failed()
+    assert loop.backoff() == 2.0  # capped
+
+
+def test_request_limit_jitter_stays_in_range_and_varies():
+    rng = random.Random(1)
+    limits = [request_limit(100, 10, rng) for _ in range(500)]
+    assert min(limits) == 100 and max(limits) == 110
+    assert len(set(limits)) == 11
+    assert request_limit(100, 0, rng) == 100
+    assert request_limit(None, 10, rng) is None
+
+
+def test_heartbeat_interval_gives_several_beats_per_timeout():
+    assert heartbeat_interval(30.0) == 1.0
+    assert heartbeat_interval(1.0) == 0.25
+    for timeout in (0.2, 1.0, 5.0, 30.0, 300.0):
+        assert timeout / heartbeat_interval(timeout) >= 4
+
+
+def test_exit_status_is_described_for_an_operator():
+    assert describe_status(3 << 8) == "exited with status 3"
+    assert describe_status(signal.SIGKILL) == "was killed by SIGKILL"
+    assert describe_status(signal.SIGSEGV) == "was killed by SIGSEGV"
+
+
+def test_channel_messages_survive_being_split_anywhere():
+    stream = encode(READY) + encode(HEARTBEAT) + encode(FAILED, "Traceback: é\nline 2")
+    for cut in range(len(stream) + 1):
+        buffer = bytearray()
+        messages = []
+        for part in (stream[:cut], stream[cut:]):
+            buffer += part
+            messages += list(decode(buffer))
+        assert messages == [(READY, ""), (HEARTBEAT, ""), (FAILED, "Traceback: é\nline 2")]
+        assert not buffer
+
+
+def test_rss_of_this_process_is_read_from_proc():
+    rss = rss_bytes(os.getpid())
+    assert rss is not None and 1 << 20 < rss < 1 << 34
+    assert rss_bytes(2**22 + 12345) is None
+
+
+def test_worker_settings_are_validated(monkeypatch):
+    monkeypatch.delenv("WEB_CONCURRENCY", raising=False)
+    assert not Config(app="m:a").supervised
+    assert Config(app="m:a", workers=1).supervised
+    assert Config(app="m:a", limit_max_requests=10).supervised
+    assert Config(app="m:a", limit_worker_memory=100).supervised
+    for bad in (
+        {"workers": 0},
+        {"timeout_worker_healthcheck": 0},
+        {"limit_max_requests": 0},
+        {"limit_max_requests_jitter": -1},
+        {"limit_worker_memory": -5},
+    ):
+        with pytest.raises(ConfigError, match=next(iter(bad))):
+            Config(app="m:a", **bad)
+    monkeypatch.setenv("WEB_CONCURRENCY", "3")
+    assert Config(app="m:a").workers == 3
+    assert Config(app="m:a", workers=2).workers == 2  # the flag wins
+    monkeypatch.setenv("WEB_CONCURRENCY", "many")
+    with pytest.raises(ConfigError, match="WEB_CONCURRENCY"):
+        Config(app="m:a")
+
+
+# -- the real thing ------------------------------------------------------------------------
+
+
+@pytest.mark.once
+def test_workers_serve_and_sigterm_stops_them_gracefully(supervised, tmp_path):
+    server = supervised("--workers", "2", env={"ASERVE_TEST_SHUTDOWN_DIR": str(tmp_path)})
+    server.wait_until_running()
+    workers = server.worker_pids()
+    assert len(workers) == 2
+    result: dict[str, httpx.Response] = {}
+    in_flight = threading.Thread(
+        target=lambda: result.setdefault("r", httpx.get(server.url + "/slow?1", timeout=10))
+    )
+    in_flight.start()
+    poll(lambda: list(tmp_path.glob("arrived-*")), what="the request to arrive")
+    assert server.stop(signal.SIGTERM) == 0
+    in_flight.join(10)
+    assert result["r"].status_code == 200  # the in-flight request finished
+    assert int(result["r"].text) in workers
+    shut_down = sorted(int(p.name.split("-")[1]) for p in tmp_path.glob("shutdown-*"))
+    assert shut_down == sorted(workers)  # lifespan shutdown ran in every worker
+    for pid in workers:
+        assert f"[{pid}] Application shutdown complete." in server.log  # worker lines carry pids
+    assert "Stopped supervisor process" in server.log
+
+
+@pytest.mark.once
+def test_a_burst_of_connections_is_shared_between_two_workers(supervised):
+    server = supervised("--workers", "2")
+    port = server.wait_until_running()
+    request = b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
+    counts: collections.Counter[int] = collections.Counter()
+    for _round in range(4):
+        socks = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(256)]
+        for sock in socks:
+            sock.sendall(request)
+        for sock in socks:
+            data = b""
+            while chunk := sock.recv(65536):
+                data += chunk
+            sock.close()
+            counts[int(data.rpartition(b"\r\n\r\n")[2])] += 1
+    assert sum(counts.values()) == 1024 and len(counts) == 2
+    for pid, served in counts.items():
+        assert 0.35 <= served / 1024 <= 0.65, f"worker {pid} served {served} of 1024: {counts}"
+
+
+@pytest.mark.once
+def test_a_killed_worker_is_replaced_and_the_log_says_which(supervised):
+    server = supervised("--workers", "2")
+    server.wait_until_running()
+    before = server.worker_pids()
+    victim = get_pid(server.url)
+    killed_at = time.monotonic()
+    os.kill(victim, signal.SIGKILL)
+    poll(lambda: len(server.worker_pids() - before) == 1, 10, "a new worker")
+    match = server.wait_for_log(r"Worker (\d) \(pid (\d+)\) is ready", count=3)
+    replaced_in = time.monotonic() - killed_at
+    assert replaced_in < 3, replaced_in  # about a second, with room for a busy machine
+    died = server.wait_for_log(r"Worker (\d) \(pid (\d+)\) was killed by SIGKILL.*\n")
+    assert int(died.group(2)) == victim
+    assert "has died 1 time" in died.group(0)
+    assert match.group(1) == died.group(1)  # the same worker number came back
+    new = (server.worker_pids() - before).pop()
+    poll(lambda: new in {get_pid(server.url) for _ in range(20)}, what="the new worker serving")
+    os.kill(new, signal.SIGKILL)
+    died = server.wait_for_log(r"Worker \d \(pid \d+\) was killed by SIGKILL.*\n", count=2)
+    assert f"pid {new}" in died.group(0) and "has died 2 times" in died.group(0)
+    assert server.stop() == 0
+
+
+@pytest.mark.once
+@pytest.mark.parametrize(
+    ("app", "error"),
+    [
+        ("tests_missing_module:app", "could not import module 'tests_missing_module'"),
+        ("supervised:failing_startup", "the database is unreachable"),
+    ],
+)
+def test_a_worker_that_cannot_start_ends_in_exit_3_with_the_error_once(supervised, app, error):
+    server = supervised("--workers", "2", app=app)
+    code = server.proc.wait(30)
+    server._reader.join(5)
+    assert code == 3, server.log
+    assert server.log.count(error) == 2, server.log  # printed once, then the final summary
+    assert "failed to start 5 times in a row" in server.log
+    assert server.log.strip().splitlines()[-1].startswith("Error: workers failed to start")
+
+
+@pytest.mark.once
+def test_a_blocked_event_loop_is_detected_its_stack_logged_and_the_worker_replaced(supervised):
+    server = supervised("--workers", "1", "--timeout-worker-healthcheck", "1")
+    server.wait_until_running()
+    blocked = get_pid(server.url)
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(server.url + "/block", timeout=15)  # its worker is killed under it
+    log = server.wait_for_log(
+        r"Worker 1 \(pid \d+\) has not answered its heartbeat(.|\n)*?\n(?=[A-Z]+:)"
+    ).group(0)
+    assert f"Worker 1 (pid {blocked}) has not answered its heartbeat" in log
+    assert "supervised.py" in log and "in app" in log
+    line = next(
+        n
+        for n, text in enumerate((APPS / "supervised.py").read_text().splitlines(), 1)
+        if "time.sleep(60)" in text
+    )
+    assert f'supervised.py", line {line} in app' in log  # the very line that blocks
+    server.wait_for_log(r"after its event loop blocked")
+    poll(lambda: get_pid(server.url) != blocked, what="a new worker serving")
+
+
+@pytest.mark.once
+def test_sighup_restarts_every_worker_under_load_without_a_failed_request(supervised):
+    server = supervised("--workers", "2")
+    server.wait_until_running()
+    before = server.worker_pids()
+    with Load(server.url) as load:
+        load.wait_for(200)
+        server.send(signal.SIGHUP)
+        server.wait_for_log("Reload complete")
+        poll(lambda: not (server.worker_pids() & before), what="the old workers to exit")
+        load.wait_for(200)
+    assert load.failures == [], load.failures[:5]
+    after = server.worker_pids()
+    assert len(after) == 2 and not after & before
+    assert set(load.pids) >= after  # the new workers served the load
+    assert server.stop() == 0
+
+
+@pytest.mark.once
+def test_sighup_with_one_worker_keeps_serving_and_aborts_on_broken_code(supervised, tmp_path):
+    broken = tmp_path / "broken"
+    server = supervised("--workers", "1", env={"ASERVE_TEST_BREAK_IMPORT": str(broken)})
+    server.wait_until_running()
+    with Load(server.url, keep_alive=2, new_connections=1) as load:
+        load.wait_for(100)
+        first = server.worker_pids()
+        server.send(signal.SIGHUP)
+        server.wait_for_log("Reload complete")
+        poll(lambda: server.worker_pids() and not (server.worker_pids() & first), what="exit")
+        load.wait_for(100)
+        second = server.worker_pids()
+        broken.write_text("x")  # the code on disk no longer imports
+        server.send(signal.SIGHUP)
+        aborted = server.wait_for_log(r"Reload aborted: .*\n").group(0)
+        load.wait_for(100)
+    assert load.failures == [], load.failures[:5]
+    assert "the new code is broken" in aborted and "keeping the running workers" in aborted
+    assert server.worker_pids() == second  # the old worker still serves
+    assert get_pid(server.url) in second
+    assert server.stop() == 0
+
+
+@pytest.mark.once
+def test_max_requests_recycles_workers_under_load_without_a_failed_request(supervised):
+    server = supervised(
+        "--workers", "1", "--limit-max-requests", "150", "--limit-max-requests-jitter", "20"
+    )
+    server.wait_until_running()
+    with Load(server.url) as load:
+        poll(lambda: server.log.count("requests: replacing it") >= 3 or load.failures, 40)
+        load.wait_for(50)
+    assert load.failures == [], load.failures[:5]
+    assert len(load.pids) >= 4  # one worker at a time, several generations
+    # Each said so at its limit (it serves on until its replacement is ready).
+    served = [int(n) for n in re.findall(r"served (\d+) requests: replacing it", server.log)]
+    assert served and all(150 <= n <= 170 for n in served), served
+    assert server.stop() == 0
+
+
+@pytest.mark.once
+def test_memory_limit_recycles_a_worker(supervised):
+    server = supervised("--workers", "1", "--limit-worker-memory", "60")
+    server.wait_until_running()
+    hog = get_pid(server.url, "/grow")  # 64 MiB more
+    server.wait_for_log(rf"Worker 1 \(pid {hog}\) uses \d+ MB, over --limit-worker-memory")
+    poll(lambda: hog not in server.worker_pids(), what="the worker to be replaced")
+    assert get_pid(server.url) != hog
+    assert server.stop() == 0
+
+
+@pytest.mark.once
+def test_sigttin_and_sigttou_grow_and_shrink_but_keep_one(supervised):
+    server = supervised("--workers", "1")
+    server.wait_until_running()
+    server.send(signal.SIGTTIN)
+    server.wait_for_log(r"Worker 2 \(pid \d+\) is ready")
+    assert len(server.worker_pids()) == 2
+    with Load(server.url, keep_alive=2, new_connections=1) as load:
+        load.wait_for(100)
+        server.send(signal.SIGTTOU)
+        server.wait_for_log(r"Stopped worker 2 \(pid \d+\) \(fewer workers\)")
+        server.send(signal.SIGTTOU)
+        server.wait_for_log("keeping the last worker")
+        load.wait_for(100)
+    assert load.failures == [], load.failures[:5]
+    assert len(server.worker_pids()) == 1
+    assert server.stop() == 0
+
+
+@pytest.mark.once
+def test_a_second_sigint_stops_at_once(supervised, tmp_path):
+    server = supervised(
+        "--workers",
+        "1",
+        "--timeout-graceful-shutdown",
+        "60",
+        env={"ASERVE_TEST_SHUTDOWN_DIR": str(tmp_path)},
+    )
+    server.wait_until_running()
+
+    def slow_request() -> None:
+        with contextlib.suppress(httpx.HTTPError):  # cut off by the quick stop
+            httpx.get(server.url + "/slow?30", timeout=40)
+
+    client = threading.Thread(target=slow_request, daemon=True)
+    client.start()
+    poll(lambda: list(tmp_path.glob("arrived-*")), what="the request to arrive")
+    server.send(signal.SIGINT)
+    server.wait_for_log("stopping the workers")
+    time.sleep(0.3)
+    assert server.proc.poll() is None  # still waiting for the slow request
+    started = time.monotonic()
+    server.send(signal.SIGINT)
+    assert server.proc.wait(10) == 0
+    assert time.monotonic() - started < 5
+
+
+@pytest.mark.once
+def test_web_concurrency_sets_the_worker_count(supervised):
+    server = supervised(env={"WEB_CONCURRENCY": "2"})
+    server.wait_until_running()
+    assert "with 2 workers" in server.log
+    assert len(server.worker_pids()) == 2
+    assert server.stop() == 0
+
+
+@pytest.mark.once
+def test_serve_with_an_app_object_and_workers(tmp_path):
+    script = tmp_path / "main.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import os, sys
+            import aserve
+
+            async def app(scope, receive, send):
+                if scope["type"] != "http":
+                    return
+                await send({"type": "http.response.start", "status": 200, "headers": []})
+                await send({"type": "http.response.body", "body": str(os.getpid()).encode()})
+
+            if __name__ == "__main__":
+                aserve.serve(app, port=0, workers=2, lifespan="off")
+                print("serve returned in", os.getpid(), flush=True)
+            """
+        )
+    )
+    proc = subprocess.Popen(
+        [sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True)
+    reader.start()
+    try:
+        poll(lambda: "running on" in "".join(lines), what="the server to start")
+        port = int(re.search(r"127\.0\.0\.1:(\d+)", "".join(lines)).group(1))
+        pids = {get_pid(f"http://127.0.0.1:{port}") for _ in range(30)}
+        assert pids and proc.pid not in pids
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=20)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0
+    returned = [line for line in out.splitlines() if line.startswith("serve returned")]
+    assert returned == [f"serve returned in {proc.pid}"]  # only the supervisor returns
