@@ -9,6 +9,7 @@ import random
 import re
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import textwrap
@@ -561,3 +562,63 @@ def test_serve_with_an_app_object_and_workers(tmp_path):
     assert proc.returncode == 0
     returned = [line for line in out.splitlines() if line.startswith("serve returned")]
     assert returned == [f"serve returned in {proc.pid}"]  # only the supervisor returns
+
+
+class NotifySocket:
+    """A NOTIFY_SOCKET stand-in: collects sd_notify datagrams with the sender's pid."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = str(path)
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(self.path)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+        self.sock.settimeout(0.1)
+        self.received: list[tuple[int, str]] = []
+
+    def collect(self) -> None:
+        size = struct.calcsize("3i")
+        while True:
+            try:
+                data, ancillary, _, _ = self.sock.recvmsg(4096, socket.CMSG_SPACE(size))
+            except TimeoutError:
+                return
+            pid = next(
+                struct.unpack("3i", cdata[:size])[0]
+                for level, kind, cdata in ancillary
+                if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS
+            )
+            self.received.append((pid, data.decode()))
+
+    def wait_for(self, state: str, after: int = 0, timeout: float = 20) -> int:
+        """Index of the first datagram at or after `after` that contains `state`."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.collect()
+            for index in range(after, len(self.received)):
+                if state in self.received[index][1].splitlines():
+                    return index
+        raise AssertionError(f"{state} never sent: {self.received}")
+
+
+@pytest.mark.once
+def test_systemd_hears_from_the_supervisor_only(supervised, tmp_path):
+    notify = NotifySocket(tmp_path / "notify")
+    server = supervised(
+        "--workers",
+        "2",
+        env={"NOTIFY_SOCKET": notify.path, "WATCHDOG_USEC": "400000"},
+    )
+    server.wait_until_running()
+    ready = notify.wait_for("READY=1")
+    watchdog = notify.wait_for("WATCHDOG=1", after=ready)
+    notify.wait_for("WATCHDOG=1", after=watchdog + 1)  # every 0.2 s, from the loop
+    server.send(signal.SIGHUP)
+    reloading = notify.wait_for("RELOADING=1")
+    assert "MONOTONIC_USEC=" in notify.received[reloading][1]
+    server.wait_for_log("Reload complete")
+    notify.wait_for("READY=1", after=reloading)
+    assert server.stop() == 0
+    stopping = notify.wait_for("STOPPING=1")
+    assert stopping > reloading
+    senders = {pid for pid, _ in notify.received}
+    assert senders == {server.proc.pid}  # never a worker: the supervisor speaks for the service

@@ -74,14 +74,27 @@ class Listener:
         self._loop.add_reader(self._sock.fileno(), self._accept)
         self._serving = True
 
-    def close(self) -> None:
-        """Stop accepting and close the socket; connections already accepted go on."""
+    def stop_accepting(self) -> None:
+        """Take no more connections, but let those being handed to the loop arrive.
+
+        A draining worker calls this before `close()`: closing cancels the hand-overs still
+        under way, and a connection accepted in the same loop turn would be dropped unanswered.
+        """
         if self._serving:
             self._serving = False
             self._loop.remove_reader(self._sock.fileno())
         if self._retry is not None:
             self._retry.cancel()
             self._retry = None
+
+    @property
+    def handing_over(self) -> int:
+        """Accepted connections not yet handed to their protocol."""
+        return len(self._pending)
+
+    def close(self) -> None:
+        """Stop accepting and close the socket; connections already accepted go on."""
+        self.stop_accepting()
         self._sock.close()
         for task in list(self._pending):
             task.cancel()  # a PROXY header or a TLS handshake still under way

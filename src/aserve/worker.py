@@ -42,6 +42,8 @@ EXIT_STARTUP_FAILURE = 3
 
 # How long a draining worker keeps idle keep-alive connections open (see `WorkerServer`).
 DRAIN_IDLE_GRACE = 1.0
+# How long a draining worker waits for accepted connections to reach their protocol (TLS).
+HANDOVER_WAIT = 5.0
 
 
 def encode(kind: bytes, text: str = "") -> bytes:
@@ -197,21 +199,24 @@ class WorkerServer(Server):
         """Stop accepting, then close connections without racing their clients.
 
         The listening socket is shared: closing our copy leaves queued connections to the
-        other workers. Connections we accepted get their `connection_made` first (a loop
-        turn), so none is closed unread. Then every response says `Connection: close`, and
-        idle keep-alive connections stay open for `DRAIN_IDLE_GRACE`: a client that sends its
-        next request in that time gets an answer and a clean close, where closing an idle
-        connection at once races a request already on its way (the client sees the
-        connection drop and the request fail).
+        other workers. Connections already accepted are handed to their protocol first (a
+        loop turn, longer for a TLS handshake), so none is dropped unread. Then every response
+        says `Connection: close`, and idle keep-alive connections stay open for
+        `DRAIN_IDLE_GRACE`: a client that sends its next request in that time gets an answer
+        and a clean close, where closing an idle connection at once races a request already
+        on its way (the client sees the connection drop and the request fail).
         """
+        loop = asyncio.get_running_loop()
+        for server in self.servers:
+            server.stop_accepting()
+        deadline = loop.time() + HANDOVER_WAIT
+        while any(server.handing_over for server in self.servers) and loop.time() < deadline:
+            await asyncio.sleep(0.005)
         for server in self.servers:
             server.close()
-        for _ in range(3):
-            await asyncio.sleep(0)
         state.shutting_down = True
         timeout = self.config.timeout_graceful_shutdown
         grace = DRAIN_IDLE_GRACE if timeout is None else min(DRAIN_IDLE_GRACE, timeout)
-        loop = asyncio.get_running_loop()
         deadline = loop.time() + grace
         while state.connections and loop.time() < deadline and not self.force_exit:
             await asyncio.sleep(0.02)
@@ -297,6 +302,7 @@ def _worker(
             interface="asgi3",
         )
         server = WorkerServer(worker_config, channel, heartbeat_interval, startup_errors)
+        server.worker = number  # its metrics port (--metrics-port + N - 1), kept across restarts
     except ConfigError as exc:
         channel.send_all(FAILED, _failure(startup_errors, str(exc)))
         return EXIT_STARTUP_FAILURE
