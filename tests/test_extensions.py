@@ -119,6 +119,22 @@ def test_every_http_scope_offers_the_extensions():
     assert all(value == {} for value in seen[0].values())
 
 
+def test_an_extension_added_by_one_request_is_not_seen_by_the_next():
+    seen = []
+
+    async def app(scope, receive, send):
+        seen.append(set(scope["extensions"]))
+        scope["extensions"]["x.middleware"] = {}  # what a middleware may do for its request
+        await send({"type": "http.response.start", "status": 204})
+        await send({"type": "http.response.body"})
+
+    with serve(app) as server, httpx.Client() as client:
+        for _ in range(2):  # the same connection, then a new one
+            assert client.get(server.url).status_code == 204
+        assert httpx.get(server.url).status_code == 204
+    assert seen == [set(HTTP_EXTENSIONS)] * 3
+
+
 # -- pathsend --------------------------------------------------------------------------------
 
 

@@ -48,7 +48,7 @@ def http_scope_template(root_path: str) -> dict[str, Any]:
         "query_string": None,
         "headers": None,
         "state": None,
-        # Shared by every request of the server, like the template: not copied per request.
+        # The connection gives each request its own copy (an app may add to it).
         "extensions": {name: {} for name in HTTP_EXTENSIONS},
     }
 

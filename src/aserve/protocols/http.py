@@ -723,8 +723,12 @@ class HttpProtocol(asyncio.Protocol):
         scope["query_string"] = query
         scope["headers"] = headers
         scope["state"] = state.lifespan_state.copy()
-        if self._extensions is not None:
-            scope["extensions"] = self._extensions
+        # Per request, as "asgi" above: a middleware that adds an extension for its own
+        # request must not add it to every later request.
+        extensions = self._extensions
+        scope["extensions"] = (
+            extensions if extensions is not None else scope["extensions"]
+        ).copy()
         if forwarded and self._proxy is not None:
             scope["client"], scope["scheme"] = apply_forwarded_headers(
                 self._proxy, headers, self.client, self.scheme
