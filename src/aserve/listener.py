@@ -13,8 +13,9 @@ Workers under a supervisor share one listening socket, and the kernel wakes ever
 waiting on it; whoever runs first accepts. With 128 per wake-up, one worker took most of a
 burst (the busiest of two served 67% of 256 connections opened at once, in the median of 30
 bursts, and up to 100%). A shared listener takes at most `SHARED_ACCEPT_BATCH` per wake-up and
-then yields the CPU, so a sibling woken for the same burst runs and takes its share: 50-53% in
-the median, on a machine with both cores busy (docs/architecture.md).
+then yields the CPU, so a sibling woken for the same burst runs and takes its share, and a
+worker that has accepted more than its least busy sibling steps aside for a moment
+(`balance.py`): bursts then split evenly (docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
+from aserve.balance import DEFER_DELAY, MAX_DEFERRALS, AcceptSlot
 from aserve.edge import Edge
 from aserve.logging import error_logger
 from aserve.tasks import start_task
@@ -53,6 +55,7 @@ class Listener:
         backlog: int,
         edge: Edge | None = None,
         shared: bool = False,
+        balance: AcceptSlot | None = None,
     ) -> None:
         self.sockets = [sock]
         self._edge = edge  # PROXY protocol header and TLS, when on
@@ -67,12 +70,16 @@ class Listener:
         self._retry: asyncio.TimerHandle | None = None
         self._serving = False
         self._exhausted = False  # out of descriptors: said once, until an accept succeeds
+        self._balance = balance  # this worker's share of a shared socket (balance.py)
+        self._deferrals = 0
 
     def start(self) -> None:
         self._sock.listen(self._backlog)  # an inherited socket (--fd) may not listen yet
         self._sock.setblocking(False)
         self._loop.add_reader(self._sock.fileno(), self._accept)
         self._serving = True
+        if self._balance is not None:
+            self._balance.join()
 
     def stop_accepting(self) -> None:
         """Take no more connections, but let those being handed to the loop arrive.
@@ -86,6 +93,8 @@ class Listener:
         if self._retry is not None:
             self._retry.cancel()
             self._retry = None
+        if self._balance is not None:
+            self._balance.leave()  # the siblings no longer wait for this worker to catch up
 
     @property
     def handing_over(self) -> int:
@@ -100,6 +109,13 @@ class Listener:
             task.cancel()  # a PROXY header or a TLS handshake still under way
 
     def _accept(self) -> None:
+        balance = self._balance
+        if balance is not None:
+            if balance.ahead() and self._deferrals < MAX_DEFERRALS:
+                self._deferrals += 1
+                self._step_aside()
+                return
+            self._deferrals = 0
         accepted = 0
         for _ in range(self._batch):
             try:
@@ -119,6 +135,8 @@ class Listener:
                 error_logger.warning("Accepting connections again")
             self._connect(conn)
             accepted += 1
+        if accepted and balance is not None:
+            balance.add(accepted)
         if accepted and self._shared:
             os.sched_yield()  # let a sibling worker woken for the same burst take its share
 
@@ -155,6 +173,13 @@ class Listener:
             self._serving = False
             self._loop.remove_reader(self._sock.fileno())
             self._retry = self._loop.call_later(ACCEPT_RETRY_DELAY, self._resume)
+
+    def _step_aside(self) -> None:
+        """Leave this wake-up's connections to a sibling that has accepted fewer."""
+        if self._serving:
+            self._serving = False
+            self._loop.remove_reader(self._sock.fileno())
+            self._retry = self._loop.call_later(DEFER_DELAY, self._resume)
 
     def _resume(self) -> None:
         self._retry = None

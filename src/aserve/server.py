@@ -19,6 +19,7 @@ from collections.abc import Callable, Coroutine, Iterator
 from typing import Any
 
 from aserve import systemd
+from aserve.balance import AcceptSlot
 from aserve.config import Config
 from aserve.edge import Edge
 from aserve.importer import load_app
@@ -50,6 +51,8 @@ class Server:
     systemd_notify = True
     # Whether the listening sockets are shared with other processes (workers): see listener.py.
     shared_sockets = False
+    # This worker's slot in the supervisor's accept counts, to share bursts (balance.py).
+    accept_balance: AcceptSlot | None = None
 
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -144,6 +147,7 @@ class Server:
                     config.backlog,
                     edge=edge,
                     shared=self.shared_sockets,
+                    balance=self.accept_balance,
                 )
                 self.servers.append(listener)
                 listener.start()

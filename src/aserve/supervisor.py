@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aserve import systemd
+from aserve.balance import AcceptShares
 from aserve.config import Config
 from aserve.logging import error_logger
 from aserve.server import loop_factory
@@ -141,6 +142,7 @@ class Worker:
     stop_reason: str | None = None  # why we stopped it; None while it should be serving
     stop_deadline: float | None = None
     killed: bool = False
+    slot: int | None = None  # its accept count in `Supervisor.shares` (balance.py)
 
     @property
     def name(self) -> str:
@@ -175,6 +177,7 @@ class Supervisor:
         self.next_memory_check = 0.0
         self.selector = selectors.DefaultSelector()
         self.wake_r, self.wake_w = os.pipe()
+        self.shares = AcceptShares()  # mapped before the first fork: every worker shares it
 
     # -- the main loop ---------------------------------------------------------------------
 
@@ -251,6 +254,8 @@ class Supervisor:
         inherited = [self.wake_r, self.wake_w, self.selector.fileno(), channel_r, stacks_r]
         for other in self.workers:
             inherited += [other.channel, other.stacks]
+        used = {w.slot for w in self.workers}
+        slot = next((i for i in range(self.shares.slots) if i not in used), None)
         for stream in (sys.stdout, sys.stderr):  # or the child would write them out again
             with contextlib.suppress(Exception):
                 stream.flush()
@@ -265,13 +270,16 @@ class Supervisor:
                 self.interval,
                 limit,
                 inherited,
+                None if slot is None else self.shares.slot(slot),
             )  # never returns
         os.close(channel_w)
         os.close(stacks_w)
         os.set_blocking(channel_r, False)
         os.set_blocking(stacks_r, False)
         now = time.monotonic()
-        worker = Worker(number, pid, channel_r, stacks_r, purpose, now, replaces=replaces)
+        worker = Worker(
+            number, pid, channel_r, stacks_r, purpose, now, replaces=replaces, slot=slot
+        )
         worker.last_beat = now
         self.workers.append(worker)
         self.selector.register(channel_r, selectors.EVENT_READ, worker)
@@ -305,6 +313,8 @@ class Supervisor:
 
     def _exited(self, worker: Worker, status: int, now: float) -> None:
         self.workers.remove(worker)
+        if worker.slot is not None:
+            self.shares.release(worker.slot)  # a crashed worker cannot say it left
         with contextlib.suppress(KeyError, ValueError):
             self.selector.unregister(worker.channel)
         for fd in (worker.channel, worker.stacks):

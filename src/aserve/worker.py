@@ -24,6 +24,7 @@ import traceback
 from collections.abc import Iterator
 from typing import Any
 
+from aserve.balance import AcceptSlot
 from aserve.config import Config, ConfigError
 from aserve.importer import load_app
 from aserve.lifespan import LifespanFailure
@@ -233,6 +234,7 @@ def run_worker(
     heartbeat_interval: float,
     request_limit: int | None,
     close_fds: list[int],
+    balance: AcceptSlot | None = None,
 ) -> None:
     """The body of a forked worker process. Never returns: the process exits here."""
     code = 1
@@ -246,6 +248,7 @@ def run_worker(
             heartbeat_interval,
             request_limit,
             close_fds,
+            balance,
         )
     except BaseException:  # never unwind into the supervisor's code that forked us
         with contextlib.suppress(Exception):
@@ -266,6 +269,7 @@ def _worker(
     heartbeat_interval: float,
     request_limit: int | None,
     close_fds: list[int],
+    balance: AcceptSlot | None,
 ) -> int:
     signal.set_wakeup_fd(-1)
 
@@ -303,6 +307,7 @@ def _worker(
         )
         server = WorkerServer(worker_config, channel, heartbeat_interval, startup_errors)
         server.worker = number  # its metrics port (--metrics-port + N - 1), kept across restarts
+        server.accept_balance = balance
     except ConfigError as exc:
         channel.send_all(FAILED, _failure(startup_errors, str(exc)))
         return EXIT_STARTUP_FAILURE

@@ -499,8 +499,9 @@ class HttpProtocol(asyncio.Protocol):
         self._websocket_scope: dict[str, Any] | None = None
         self._websocket_trailing: bytes | None = None
         self._pending_error: bytes | None = None
-        # The scope's "extensions" on a TLS connection (with "tls"), computed once per connection.
-        self._extensions: dict[str, Any] | None = None
+        # The scope's "extensions": the server's, or on a TLS connection its own with "tls".
+        # Each request gets a copy (see `on_headers_complete`).
+        self._extensions: dict[str, Any] = state.http_scope_template["extensions"]
         self._proxy: TrustedProxies | None = None
         self._paused = 0
         self.flow = WriteFlow(self.loop)
@@ -530,7 +531,7 @@ class HttpProtocol(asyncio.Protocol):
             self.scheme = "https"
             tls = self.state.tls_info
             if tls is not None:
-                extensions = dict(self.state.http_scope_template.get("extensions") or {})
+                extensions = dict(self._extensions)
                 extensions["tls"] = tls.extension(transport.get_extra_info("ssl_object"))
                 self._extensions = extensions
         trusted = self.state.trusted_proxies
@@ -725,10 +726,7 @@ class HttpProtocol(asyncio.Protocol):
         scope["state"] = state.lifespan_state.copy()
         # Per request, as "asgi" above: a middleware that adds an extension for its own
         # request must not add it to every later request.
-        extensions = self._extensions
-        scope["extensions"] = (
-            extensions if extensions is not None else scope["extensions"]
-        ).copy()
+        scope["extensions"] = self._extensions.copy()
         if forwarded and self._proxy is not None:
             scope["client"], scope["scheme"] = apply_forwarded_headers(
                 self._proxy, headers, self.client, self.scheme

@@ -1,0 +1,62 @@
+"""The accept counts workers share (balance.py), without processes: the rules of stepping aside."""
+
+from __future__ import annotations
+
+import os
+
+from aserve.balance import LEAD, AcceptShares
+
+
+def test_a_worker_ahead_of_its_least_busy_sibling_steps_aside():
+    shares = AcceptShares(4)
+    one, two = shares.slot(0), shares.slot(1)
+    one.join()
+    two.join()
+    assert not one.ahead() and not two.ahead()
+    one.add(LEAD - 1)
+    assert not one.ahead()
+    one.add(1)
+    assert one.ahead() and not two.ahead()
+    two.add(LEAD)
+    assert not one.ahead()
+
+
+def test_alone_or_beside_idle_slots_a_worker_never_steps_aside():
+    shares = AcceptShares(4)
+    one = shares.slot(0)
+    one.join()
+    one.add(1000)
+    assert not one.ahead()
+    two = shares.slot(1)
+    two.join()
+    two.leave()  # draining: the others do not wait for it
+    assert not one.ahead()
+
+
+def test_a_late_worker_joins_level_with_the_busiest_and_a_dead_one_is_released():
+    shares = AcceptShares(4)
+    one, two = shares.slot(0), shares.slot(1)
+    one.join()
+    two.join()
+    one.add(500)
+    two.add(490)
+    late = shares.slot(2)
+    late.join()
+    assert shares.counts() == [500, 490, 500]  # it does not take every connection to catch up
+    assert two.ahead() is False and late.ahead()
+    shares.release(0)  # the supervisor, after worker one crashed
+    assert shares.counts() == [490, 500]
+
+
+def test_the_counts_are_shared_with_a_forked_child():
+    shares = AcceptShares(2)
+    mine = shares.slot(0)
+    mine.join()
+    pid = os.fork()
+    if pid == 0:  # the worker side
+        child = shares.slot(1)
+        child.join()
+        child.add(7)
+        os._exit(0)
+    os.waitpid(pid, 0)
+    assert shares.counts() == [0, 7]
