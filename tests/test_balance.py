@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 
 from aserve.balance import LEAD, AcceptShares
 
@@ -52,7 +53,9 @@ def test_the_counts_are_shared_with_a_forked_child():
     shares = AcceptShares(2)
     mine = shares.slot(0)
     mine.join()
-    pid = os.fork()
+    with warnings.catch_warnings():  # pytest's own threads: the child only writes and exits
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
     if pid == 0:  # the worker side
         child = shares.slot(1)
         child.join()
