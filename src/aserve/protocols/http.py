@@ -289,7 +289,14 @@ class RequestCycle:
         if not conn.dispatching:
             # The app runs outside the eager start; make sure the head goes out this loop turn
             # even if the body comes much later (server-sent events, long polls).
-            conn.loop.call_soon(self.flush_head)
+            conn.loop.call_soon(self._flush_head_soon, asyncio.current_task(conn.loop))
+
+    def _flush_head_soon(self, task: Any) -> None:
+        """The head, a loop turn after the start, if the app is still running: an app that
+        finished in the same step (its Task's done callback runs after this) is answered by
+        `app_finished`, and a head written for an app that failed would reach the client."""
+        if task is None or not task.done():
+            self.flush_head()
 
     def flush_head(self) -> None:
         if self.started and not self.head_written and not self.disconnected:
