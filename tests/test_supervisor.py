@@ -447,6 +447,8 @@ def test_max_requests_recycles_workers_under_load_without_a_failed_request(super
     server.wait_until_running()
     with Load(server.url) as load:
         poll(lambda: server.log.count("requests: replacing it") >= 3 or load.failures, 40)
+        # The third worker serves on until its replacement is ready: wait for that one's answers.
+        poll(lambda: len(load.pids) >= 4 or load.failures, 40)
         load.wait_for(50)
     assert load.failures == [], load.failures[:5]
     assert len(load.pids) >= 4  # one worker at a time, several generations
