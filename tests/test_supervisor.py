@@ -21,6 +21,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from aserve import preload as preload_module
 from aserve.config import Config, ConfigError
 from aserve.supervisor import (
     CrashLoop,
@@ -624,3 +625,150 @@ def test_systemd_hears_from_the_supervisor_only(supervised, tmp_path):
     assert stopping > reloading
     senders = {pid for pid, _ in notify.received}
     assert senders == {server.proc.pid}  # never a worker: the supervisor speaks for the service
+
+
+# -- --preload: the supervisor imports the app once, before forking ---------------------------
+
+
+def test_preload_is_a_setting_refused_with_reload(monkeypatch):
+    monkeypatch.delenv("WEB_CONCURRENCY", raising=False)
+    assert not Config(app="m:a").preload
+    assert Config(app="m:a", preload=True).preload  # without workers: accepted, harmless
+    with pytest.raises(ConfigError, match=r"preload .* reload .* one or the other"):
+        Config(app="m:a", preload=True, reload=True)
+
+
+def test_preload_calls_a_factory_once_and_hands_workers_the_object(monkeypatch, tmp_path):
+    log = tmp_path / "imports"
+    monkeypatch.setenv("ASERVE_TEST_IMPORT_LOG", str(log))
+    monkeypatch.setattr(preload_module, "freeze", lambda: None)  # not in the test process
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.delitem(sys.modules, "supervised", raising=False)
+    config = Config(app="supervised:make_app", factory=True, app_dir=str(APPS), preload=True)
+    worker_config = preload_module.preload(config)
+    assert log.read_text() == f"{os.getpid()}\nfactory {os.getpid()}\n"
+    assert worker_config.app is sys.modules["supervised"].app
+    assert not worker_config.factory and worker_config.app_dir is None
+    assert worker_config.preload  # the supervisor still knows (SIGHUP's note)
+
+
+def test_preload_warns_about_threads_the_import_started(monkeypatch, tmp_path, caplog):
+    (tmp_path / "threaded_app.py").write_text(
+        "import threading\n"
+        "stop = threading.Event()\n"
+        "threading.Thread(target=stop.wait, daemon=True).start()\n"
+        "async def app(scope, receive, send): pass\n"
+    )
+    monkeypatch.setattr(preload_module, "freeze", lambda: None)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    try:
+        preload_module.preload(Config(app="threaded_app:app", app_dir=str(tmp_path)))
+        assert "started 1 thread(s) in the supervisor" in caplog.text
+    finally:
+        sys.modules.pop("threaded_app").stop.set()
+
+
+def test_sighup_note_names_the_files_changed_since_the_preload(monkeypatch, tmp_path):
+    module = tmp_path / "changing_app.py"
+    module.write_text("async def app(scope, receive, send): pass\n")
+    monkeypatch.setattr(preload_module, "freeze", lambda: None)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    try:
+        preload_module.preload(Config(app="changing_app:app", app_dir=str(tmp_path)))
+        assert "Changed since then" not in preload_module.sighup_note()
+        stat = module.stat()
+        os.utime(module, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+        note = preload_module.sighup_note()
+    finally:
+        sys.modules.pop("changing_app")
+    assert "does not import the app again" in note
+    assert note.endswith(f"Changed since then, not loaded: {module}")
+
+
+@pytest.mark.once
+def test_preload_imports_once_in_the_supervisor_and_lifespan_runs_in_each_worker(
+    supervised, tmp_path
+):
+    log = tmp_path / "imports"
+    env = {"ASERVE_TEST_IMPORT_LOG": str(log), "ASERVE_TEST_SHUTDOWN_DIR": str(tmp_path)}
+    server = supervised("--workers", "3", "--preload", env=env)
+    server.wait_until_running()
+    workers = server.worker_pids()
+    assert len(workers) == 3
+    assert "Loaded the app in the supervisor" in server.log
+    served: set[int] = set()
+    poll(lambda: served.update(get_pid(server.url) for _ in range(10)) or served == workers)
+    assert log.read_text() == f"{server.proc.pid}\n"  # imported once, by the supervisor only
+    started = {int(p.name.split("-")[1]) for p in tmp_path.glob("startup-*")}
+    assert started == workers  # lifespan startup ran in every worker, never in the supervisor
+    assert server.stop() == 0
+    shut_down = {int(p.name.split("-")[1]) for p in tmp_path.glob("shutdown-*")}
+    assert shut_down == workers
+
+
+@pytest.mark.once
+@pytest.mark.parametrize(
+    ("app", "env", "error"),
+    [
+        ("tests_missing_module:app", {}, "could not import module 'tests_missing_module'"),
+        ("supervised:app", {"ASERVE_TEST_BREAK_IMPORT": __file__}, "the new code is broken"),
+    ],
+)
+def test_preload_import_error_is_one_line_and_exit_3_before_any_worker(supervised, app, env, error):
+    server = supervised("--workers", "2", "--preload", app=app, env=env)
+    code = server.proc.wait(30)
+    server._reader.join(5)
+    assert code == 3, server.log
+    assert server.log.count(error) == 1, server.log
+    assert server.log.strip().splitlines() == [
+        next(line for line in server.log.splitlines() if error in line)
+    ]
+    assert server.log.startswith("Error: could not load the app (--preload): ")
+    assert "worker" not in server.log.lower()
+
+
+@pytest.mark.once
+def test_sighup_with_preload_rolls_the_workers_on_the_loaded_code_without_failures(
+    supervised, tmp_path
+):
+    module = tmp_path / "preloaded.py"
+    module.write_text((APPS / "supervised.py").read_text())
+    log = tmp_path / "imports"
+    server = supervised(
+        "--workers",
+        "2",
+        "--preload",
+        "--app-dir",
+        str(tmp_path),
+        app="preloaded:app",
+        env={"ASERVE_TEST_IMPORT_LOG": str(log)},
+    )
+    server.wait_until_running()
+    before = server.worker_pids()
+    stat = module.stat()
+    os.utime(module, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # "new code" on disk
+    with Load(server.url) as load:
+        load.wait_for(200)
+        server.send(signal.SIGHUP)
+        note = server.wait_for_log(r"WARNING: .*--preload: .*\n").group(0)
+        server.wait_for_log("Reload complete")
+        poll(lambda: not (server.worker_pids() & before), what="the old workers to exit")
+        load.wait_for(200)
+    assert load.failures == [], load.failures[:5]
+    after = server.worker_pids()
+    assert len(after) == 2 and not after & before
+    assert set(load.pids) >= after
+    assert "does not import the app again" in note and str(module) in note
+    assert log.read_text() == f"{server.proc.pid}\n"  # the new workers did not import it
+    assert server.stop() == 0
+
+
+@pytest.mark.once
+def test_preload_without_workers_serves_from_one_process(supervised, tmp_path):
+    log = tmp_path / "imports"
+    server = supervised("--preload", env={"ASERVE_TEST_IMPORT_LOG": str(log)})
+    match = server.wait_for_log(r"running on http://127\.0\.0\.1:(\d+)")
+    server.port = int(match.group(1))
+    assert get_pid(server.url) == server.proc.pid
+    assert log.read_text() == f"{server.proc.pid}\n"
+    assert server.stop() == 0

@@ -373,6 +373,13 @@ def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> 
     default=None,
     help="Replace a worker whose resident memory (RSS) passes this many megabytes.",
 )
+@click.option(
+    "--preload",
+    is_flag=True,
+    default=False,
+    help="Import the app once in the supervisor, before forking the workers, so they share "
+    "its memory. SIGHUP then restarts the workers on the code already imported.",
+)
 # -- settings from the environment and pyproject.toml (settings.py) --
 @click.option(
     "--print-config",

@@ -130,6 +130,8 @@ class Config:
     limit_max_requests: int | None = None
     limit_max_requests_jitter: int = 0
     limit_worker_memory: float | None = None
+    # --preload (preload.py): the supervisor imports the app once, before forking the workers.
+    preload: bool = False
 
     def __post_init__(self) -> None:
         if self.env_file is not None:
@@ -194,6 +196,11 @@ class Config:
             raise ConfigError(
                 "reload runs one server process: it cannot be used with workers "
                 "(--workers, WEB_CONCURRENCY) or the --limit-* worker recycling"
+            )
+        if self.reload and self.preload:
+            raise ConfigError(
+                "preload imports the app once for every worker; reload imports it afresh "
+                "on each change: use one or the other"
             )
         parse_trusted(self.forwarded_allow_ips)  # one error line per bad entry
 

@@ -26,6 +26,7 @@ from aserve import systemd
 from aserve.balance import AcceptShares
 from aserve.config import Config
 from aserve.logging import error_logger
+from aserve.preload import PreloadFailure, preload, sighup_note
 from aserve.server import loop_factory
 from aserve.sockets import bind_sockets, describe
 from aserve.worker import (
@@ -611,6 +612,8 @@ class Supervisor:
             len(old),
             "s" if len(old) != 1 else "",
         )
+        if self.config.preload:
+            error_logger.warning(sighup_note())
         self.reload_queue = old
         self.reloading = True
         monotonic_usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
@@ -645,6 +648,11 @@ def replacing_workers(supervisor: Supervisor) -> list[Worker]:
 def supervise(config: Config) -> None:
     """Bind the sockets once, then run the workers under a supervisor until stopped."""
     loop_factory(config.loop)  # a missing uvloop is a config error now; imported once for all
+    if config.preload:
+        try:
+            config = preload(config)  # before binding: an app that cannot load holds no port
+        except PreloadFailure as exc:
+            raise WorkerStartupFailure(str(exc)) from None
     sockets, from_systemd = bind_sockets(config)
     Supervisor(config, sockets, from_systemd).run()
 

@@ -9,6 +9,10 @@ if os.environ.get("ASERVE_TEST_BREAK_IMPORT") and os.path.exists(
 ):
     raise RuntimeError("the new code is broken")
 
+if os.environ.get("ASERVE_TEST_IMPORT_LOG"):  # who imported this module (--preload: once)
+    with open(os.environ["ASERVE_TEST_IMPORT_LOG"], "a") as _log:
+        _log.write(f"{os.getpid()}\n")
+
 _hoard: list[bytes] = []
 
 
@@ -17,6 +21,10 @@ async def app(scope, receive, send):
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
+                marker = os.environ.get("ASERVE_TEST_SHUTDOWN_DIR")
+                if marker:
+                    with open(os.path.join(marker, f"startup-{os.getpid()}"), "w") as file:
+                        file.write("startup ran")
                 await send({"type": "lifespan.startup.complete"})
             else:
                 marker = os.environ.get("ASERVE_TEST_SHUTDOWN_DIR")
@@ -51,3 +59,11 @@ async def failing_startup(scope, receive, send):
     message = await receive()
     assert message["type"] == "lifespan.startup"
     await send({"type": "lifespan.startup.failed", "message": "the database is unreachable"})
+
+
+def make_app():
+    """A factory: --preload calls it once, in the supervisor."""
+    if os.environ.get("ASERVE_TEST_IMPORT_LOG"):
+        with open(os.environ["ASERVE_TEST_IMPORT_LOG"], "a") as log:
+            log.write(f"factory {os.getpid()}\n")
+    return app
