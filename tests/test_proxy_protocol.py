@@ -6,10 +6,10 @@ import asyncio
 import json
 import socket
 import struct
+import time
 
 import pytest
 
-from aserve import edge as edge_module
 from aserve.protocols.proxy_protocol import (
     V1_MAX_LENGTH,
     V2_MAX_PAYLOAD,
@@ -249,11 +249,20 @@ def test_header_from_an_untrusted_peer_closes(caplog):
     assert "only accepted from --forwarded-allow-ips" in caplog.text
 
 
-def test_a_peer_that_sends_nothing_is_closed_after_the_deadline(monkeypatch):
-    monkeypatch.setattr(edge_module, "PROXY_HEADER_TIMEOUT", 0.3)
-    with serve(who, proxy_protocol=True) as live, live.connect(timeout=10) as sock:
-        sock.sendall(b"PROXY TCP4 ")
-        assert read_until_close(sock, timeout=10) == b""
+@pytest.mark.parametrize("sent", [b"", b"PROXY TCP4 ", V2_SIGNATURE[:5]])
+def test_a_silent_peer_is_closed_at_the_request_header_deadline(loop_name, sent):
+    # The PROXY header is the head of the connection: --timeout-request-header bounds it.
+    with serve(who, loop=loop_name, proxy_protocol=True, timeout_request_header=0.4) as live:
+        with live.connect(timeout=10) as sock:
+            start = time.monotonic()
+            if sent:
+                sock.sendall(sent)
+            assert read_until_close(sock, timeout=10) == b""
+            elapsed = time.monotonic() - start
+        assert 0.3 < elapsed < 5  # the old fixed 10 s would fail this
+        with live.connect() as sock:  # and the server goes on serving
+            sock.sendall(V1_TCP4 + REQUEST)
+            assert _answer(read_response(sock))["client"] == ["203.0.113.7", 56324]
 
 
 def test_without_the_option_a_header_is_a_bad_request():

@@ -20,9 +20,9 @@ from aserve.logging import error_logger
 from aserve.protocols.proxy_protocol import ProxyHeaderError, read_header
 from aserve.proxy import TrustedProxies
 
-# How long a connection may take to send its PROXY protocol header. Balancers send it at once,
-# with the connection; this only bounds a peer that connects and sends nothing.
-PROXY_HEADER_TIMEOUT = 10.0
+# How long a connection may take to send its PROXY protocol header when no deadline is given.
+# The server passes --timeout-request-header (see `Edge`).
+PROXY_HEADER_TIMEOUT = 20.0
 
 ProtocolFactory = Callable[[tuple[Any, Any] | None], asyncio.Protocol]
 
@@ -30,7 +30,14 @@ ProtocolFactory = Callable[[tuple[Any, Any] | None], asyncio.Protocol]
 class Edge:
     """How each accepted socket becomes a connection when PROXY protocol or TLS is on."""
 
-    __slots__ = ("_handshake_timeout", "_loop", "_make_protocol", "_proxy_from", "_ssl")
+    __slots__ = (
+        "_handshake_timeout",
+        "_loop",
+        "_make_protocol",
+        "_proxy_from",
+        "_proxy_timeout",
+        "_ssl",
+    )
 
     def __init__(
         self,
@@ -39,12 +46,17 @@ class Edge:
         ssl_context: ssl.SSLContext | None = None,
         handshake_timeout: float | None = None,
         proxy_from: TrustedProxies | None = None,
+        proxy_timeout: float = PROXY_HEADER_TIMEOUT,
     ) -> None:
         self._loop = loop
         self._make_protocol = make_protocol  # called with (client, server) or None
         self._ssl = ssl_context
         self._handshake_timeout = handshake_timeout if ssl_context is not None else None
         self._proxy_from = proxy_from  # None: no PROXY header expected
+        # The PROXY header is the head of the connection: it gets the deadline of a request
+        # head (--timeout-request-header). Balancers send it at once, with the connection;
+        # this bounds a peer that connects and sends nothing, or sends it a byte at a time.
+        self._proxy_timeout = proxy_timeout
 
     async def connect(self, sock: socket.socket) -> None:
         """Read the PROXY header if one is required, then start the transport (and TLS)."""
@@ -82,7 +94,7 @@ class Edge:
             )
             return False
         try:
-            header = await read_header(self._loop, sock, PROXY_HEADER_TIMEOUT)
+            header = await read_header(self._loop, sock, self._proxy_timeout)
         except (ProxyHeaderError, OSError, TimeoutError) as exc:
             reason = exc if not isinstance(exc, TimeoutError) else "no header in time"
             error_logger.debug("Closing a connection from %s: %s", peer or "unix", reason)

@@ -133,6 +133,7 @@ class Server:
                 ssl_context,
                 config.timeout_ssl_handshake,
                 parse_trusted(config.forwarded_allow_ips) if config.proxy_protocol else None,
+                config.timeout_request_header,
             )
         try:
             if metrics_sock is not None:
