@@ -272,6 +272,44 @@ def test_print_config_shows_every_field_with_its_source(tmp_path):
     assert lines["host"] == ('"127.0.0.1"', "default")
 
 
+def test_print_config_names_the_legacy_variables_also_from_an_env_file(tmp_path):
+    env = {"WEB_CONCURRENCY": "3", "FORWARDED_ALLOW_IPS": "10.0.0.1"}
+    lines = printed(aserve("x:y", "--print-config", cwd=tmp_path, env=env))
+    assert lines["workers"] == ("3", "env WEB_CONCURRENCY")
+    assert lines["forwarded_allow_ips"] == ('"10.0.0.1"', "env FORWARDED_ALLOW_IPS")
+    # An --env-file is read by Config, after the environment: its variables were "default".
+    (tmp_path / "app.env").write_text("WEB_CONCURRENCY=4\nFORWARDED_ALLOW_IPS=10.0.0.2\n")
+    lines = printed(aserve("x:y", "--print-config", "--env-file", "app.env", cwd=tmp_path))
+    assert lines["workers"] == ("4", "env WEB_CONCURRENCY (from app.env)")
+    assert lines["forwarded_allow_ips"] == ('"10.0.0.2"', "env FORWARDED_ALLOW_IPS (from app.env)")
+    # Set in both: the environment wins (as with dotenv), and so does the flag over both.
+    lines = printed(
+        aserve(
+            "x:y",
+            "--print-config",
+            "--env-file",
+            "app.env",
+            "--workers",
+            "2",
+            cwd=tmp_path,
+            env=env,
+        )
+    )
+    assert lines["workers"] == ("2", "flag --workers")
+    assert lines["forwarded_allow_ips"] == ('"10.0.0.1"', "env FORWARDED_ALLOW_IPS")
+
+
+def test_print_config_shows_0_as_off_for_the_timeouts_it_turns_off(tmp_path):
+    flags = ("--timeout-worker-startup", "0", "--ws-ping-interval", "0")
+    lines = printed(aserve("x:y", "--print-config", *flags, cwd=tmp_path))
+    assert lines["timeout_worker_startup"] == ("none", "flag --timeout-worker-startup")
+    assert lines["ws_ping_interval"] == ("none", "flag --ws-ping-interval")
+    lines = printed(
+        aserve("x:y", "--print-config", cwd=tmp_path, env={"ASERVE_TIMEOUT_WORKER_STARTUP": "0"})
+    )
+    assert lines["timeout_worker_startup"] == ("none", "env ASERVE_TIMEOUT_WORKER_STARTUP")
+
+
 def test_print_config_validates(tmp_path):
     result = aserve("x:y", "--print-config", cwd=tmp_path, env={"ASERVE_ROOT_PATH": "api"})
     assert result.returncode == 1

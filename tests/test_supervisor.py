@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import contextlib
 import os
@@ -24,13 +25,17 @@ import pytest
 from aserve import preload as preload_module
 from aserve.config import Config, ConfigError
 from aserve.supervisor import (
+    STARTING,
     CrashLoop,
+    Worker,
     describe_status,
     heartbeat_interval,
     request_limit,
     rss_bytes,
+    startup_overdue,
+    trim_stack,
 )
-from aserve.worker import FAILED, HEARTBEAT, READY, decode, encode
+from aserve.worker import FAILED, HEARTBEAT, READY, decode, encode, task_stacks
 
 APPS = Path(__file__).parent / "apps"
 
@@ -287,6 +292,70 @@ def test_worker_settings_are_validated(monkeypatch):
         Config(app="m:a")
 
 
+def test_only_a_worker_still_starting_and_not_stopped_is_overdue():
+    worker = Worker(1, 4242, -1, -1, "start", started_at=100.0)
+    assert worker.state == STARTING
+    assert not startup_overdue(worker, 5.0, 105.0)
+    assert startup_overdue(worker, 5.0, 105.5)
+    assert not startup_overdue(worker, None, 1e9)  # --timeout-worker-startup 0: no deadline
+    worker.stop_reason = "shutdown"  # told to stop: its stop deadline applies instead
+    assert not startup_overdue(worker, 5.0, 200.0)
+    worker.stop_reason = None
+    worker.state = "serving"
+    assert not startup_overdue(worker, 5.0, 200.0)
+
+
+def test_timeout_worker_startup_is_validated_and_can_be_turned_off(monkeypatch):
+    monkeypatch.delenv("WEB_CONCURRENCY", raising=False)
+    assert Config(app="m:a").timeout_worker_startup == 60.0
+    assert Config(app="m:a", timeout_worker_startup=None).timeout_worker_startup is None
+    for bad in (0, -1):
+        with pytest.raises(ConfigError, match="timeout_worker_startup must be greater than 0"):
+            Config(app="m:a", timeout_worker_startup=bad)
+
+
+def test_stacks_lose_the_supervisor_frames_below_run_worker():
+    stack = (
+        "Current thread 0x00007f (most recent call first):\n"
+        '  File "/srv/main.py", line 3 in <module>\n'
+        '  File "/venv/aserve/worker.py", line 314 in _worker\n'
+        '  File "/venv/aserve/worker.py", line 253 in run_worker\n'
+        '  File "/venv/aserve/supervisor.py", line 268 in _spawn\n'
+        '  File "/venv/aserve/supervisor.py", line 450 in _manage\n'
+        "\n"
+        "Task 'Task-1' (most recent call first):\n"
+        '  File "/srv/main.py", line 9 in startup\n'
+    )
+    trimmed = trim_stack(stack)
+    assert "supervisor.py" not in trimmed
+    assert "line 253 in run_worker\n\nTask" in trimmed
+    assert trimmed.endswith("line 9 in startup\n")
+    assert trim_stack("no frames at all") == "no frames at all"
+
+
+def test_task_stacks_follow_the_await_chain_to_the_line_that_waits():
+    async def connect() -> None:
+        await asyncio.sleep(60)  # waits here
+
+    async def startup() -> None:
+        await connect()
+
+    async def main() -> str:
+        task = asyncio.get_running_loop().create_task(startup(), name="startup")
+        await asyncio.sleep(0.01)
+        text = task_stacks()
+        task.cancel()
+        return text
+
+    assert task_stacks() == ""  # no running loop (a worker still importing the app)
+    text = asyncio.run(main())
+    block = text.split("Task 'startup' (most recent call first):\n")[1].split("\nTask ")[0]
+    names = re.findall(r'File "[^"]+", line \d+ in (\w+)', block)
+    assert names == ["sleep", "connect", "startup"], text  # innermost first, as faulthandler
+    line = connect.__code__.co_firstlineno + 1
+    assert f"line {line} in connect" in block
+
+
 # -- the real thing ------------------------------------------------------------------------
 
 
@@ -437,6 +506,148 @@ def test_sighup_with_one_worker_keeps_serving_and_aborts_on_broken_code(supervis
     assert "the new code is broken" in aborted and "keeping the running workers" in aborted
     assert server.worker_pids() == second  # the old worker still serves
     assert get_pid(server.url) in second
+    assert server.stop() == 0
+
+
+def line_of(app_file: str, text: str) -> int:
+    """The number of the line in tests/apps/`app_file` that contains `text`."""
+    lines = (APPS / app_file).read_text().splitlines()
+    return next(n for n, line in enumerate(lines, 1) if text in line)
+
+
+def wait_for_exit(server: Supervised, timeout: float = 60) -> int:
+    code = server.proc.wait(timeout)
+    server._reader.join(5)
+    return code
+
+
+@pytest.mark.once
+def test_an_app_hanging_at_import_is_killed_with_its_stack_and_ends_in_exit_3(supervised, tmp_path):
+    hang = tmp_path / "hang"
+    hang.write_text("x")
+    server = supervised(
+        "--workers",
+        "2",
+        "--timeout-worker-startup",
+        "1",
+        app="stuck:app",
+        env={"ASERVE_TEST_HANG_IMPORT": str(hang)},
+    )
+    assert wait_for_exit(server) == 3, server.log
+    log = server.log
+    line = line_of("stuck.py", "time.sleep(1e6)  # the import hangs here")
+    # The stack names the line that hangs, once however many workers hung there.
+    assert log.count(f'stuck.py", line {line} in <module>') == 1, log
+    assert "supervisor.py" not in log  # the frames below the fork are left out
+    assert "not ready after 1 s, the --timeout-worker-startup" in log
+    assert "failed to start 5 times in a row" in log
+    assert log.strip().splitlines()[-1] == (
+        "Error: workers failed to start 5 times in a row: not ready after 1 s, the "
+        "--timeout-worker-startup (raise it if the app needs longer to start)"
+    )
+
+
+@pytest.mark.once
+@pytest.mark.parametrize(
+    ("app", "flags", "hangs_at", "why"),
+    [
+        (
+            "stuck:hanging_startup",
+            ("--timeout-worker-startup", "2"),
+            ("await asyncio.sleep(1e6)", "hanging_startup"),
+            "not ready after 2 s, the --timeout-worker-startup",
+        ),
+        (
+            "stuck:blocking_startup",
+            ("--timeout-worker-healthcheck", "1", "--timeout-worker-startup", "120"),
+            ("time.sleep(1e6)  # the startup blocks", "blocking_startup"),
+            "its event loop blocked during start-up: no heartbeat for 1 s",
+        ),
+    ],
+)
+def test_a_lifespan_startup_that_hangs_or_blocks_is_killed_as_a_startup_failure(
+    supervised, app, flags, hangs_at, why
+):
+    server = supervised("--workers", "1", *flags, app=app)
+    assert wait_for_exit(server) == 3, server.log
+    line = line_of("stuck.py", hangs_at[0])
+    # Awaiting (its loop runs): the waiting task's stack shows the line; blocked: the thread's.
+    assert f'stuck.py", line {line} in {hangs_at[1]}' in server.log, server.log
+    assert why in server.log
+    assert "failed to start 5 times in a row" in server.log
+
+
+@pytest.mark.once
+def test_a_slow_lifespan_startup_whose_loop_runs_is_not_killed(supervised):
+    server = supervised(
+        "--workers",
+        "1",
+        "--timeout-worker-healthcheck",
+        "0.5",
+        app="stuck:slow_startup",
+        env={"ASERVE_TEST_STARTUP_DELAY": "3"},  # six health-check timeouts
+    )
+    server.wait_until_running(60)
+    assert get_pid(server.url) in server.worker_pids()
+    assert "could not start" not in server.log and "blocked" not in server.log
+    assert server.stop() == 0
+
+
+@pytest.mark.once
+def test_sighup_while_the_new_code_hangs_at_import_keeps_the_old_workers(supervised, tmp_path):
+    hang = tmp_path / "hang"
+    server = supervised(
+        "--workers",
+        "2",
+        "--timeout-worker-startup",
+        "2",
+        app="stuck:app",
+        env={"ASERVE_TEST_HANG_IMPORT": str(hang)},
+    )
+    server.wait_until_running()
+    before = server.worker_pids()
+    with Load(server.url, keep_alive=2, new_connections=1) as load:
+        load.wait_for(100)
+        hang.write_text("x")  # the code on disk now hangs when imported
+        server.send(signal.SIGHUP)
+        aborted = server.wait_for_log(r"Reload aborted: .*\n", timeout=40).group(0)
+        load.wait_for(100)
+        assert server.worker_pids() == before  # the hung replacement is gone, the old serve
+        hang.unlink()  # fixed: the next SIGHUP goes through
+        server.send(signal.SIGHUP)
+        server.wait_for_log("Reload complete", timeout=40)
+        poll(lambda: not (server.worker_pids() & before), 40, "the old workers to exit")
+        load.wait_for(100)
+    assert load.failures == [], load.failures[:5]
+    assert "not ready after 2 s, the --timeout-worker-startup" in aborted
+    assert "keeping the running workers" in aborted
+    line = line_of("stuck.py", "time.sleep(1e6)  # the import hangs here")
+    assert f'stuck.py", line {line} in <module>' in server.log
+    assert server.stop() == 0
+
+
+@pytest.mark.once
+def test_a_recycling_replacement_that_hangs_leaves_the_old_worker_serving(supervised, tmp_path):
+    hang = tmp_path / "hang"
+    server = supervised(
+        "--workers",
+        "1",
+        "--limit-max-requests",
+        "20",
+        "--timeout-worker-startup",
+        "1",
+        app="stuck:app",
+        env={"ASERVE_TEST_HANG_IMPORT": str(hang)},
+    )
+    server.wait_until_running()
+    hang.write_text("x")
+    old = get_pid(server.url)
+    pids = {get_pid(server.url) for _ in range(25)}  # past its limit
+    server.wait_for_log(r"Could not replace worker 1: .*not ready after 1 s.*\n", timeout=40)
+    pids |= {get_pid(server.url) for _ in range(10)}
+    assert pids == {old}  # the old worker kept serving
+    assert server.worker_pids() == {old}
+    assert server.proc.poll() is None  # a failed replacement is not a crash loop
     assert server.stop() == 0
 
 

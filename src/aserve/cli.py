@@ -22,6 +22,7 @@ from aserve.config import (
     DEFAULT_TIMEOUT_REQUEST_HEADER,
     DEFAULT_TIMEOUT_SSL_HANDSHAKE,
     DEFAULT_TIMEOUT_WORKER_HEALTHCHECK,
+    DEFAULT_TIMEOUT_WORKER_STARTUP,
     LOG_LEVELS,
     ConfigError,
     parse_header_option,
@@ -354,6 +355,14 @@ def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> 
     "its stack is logged and it is replaced.",
 )
 @click.option(
+    "--timeout-worker-startup",
+    type=click.FloatRange(min=0),
+    default=DEFAULT_TIMEOUT_WORKER_STARTUP,
+    show_default=True,
+    help="Seconds a worker may take to start (app import and lifespan startup) before its "
+    "stack is logged and it is killed, as a start-up failure. 0: no limit.",
+)
+@click.option(
     "--limit-max-requests",
     type=click.IntRange(min=1),
     default=None,
@@ -445,14 +454,14 @@ def cli(
             app_dir=app_dir or ".",
             **options,
         )
+        for name in ("ws_ping_interval", "ws_ping_timeout", "timeout_worker_startup"):
+            if options[name] == 0:  # 0 turns it off, on the command line and everywhere else
+                options[name] = None
         if print_config:
             _print_config(options, sources)
             return
         if options["app"] is None:
             raise ConfigError("no APP given (the argument, ASERVE_APP or app in [tool.aserve])")
-        for name in ("ws_ping_interval", "ws_ping_timeout"):
-            if options[name] == 0:
-                options[name] = None
         for name in ("reload_dirs", "reload_includes", "reload_excludes"):
             options[name] = list(options[name] or ()) or None
         serve(**options)
@@ -501,8 +510,14 @@ def _print_config(options: dict[str, Any], sources: dict[str, str]) -> None:
     import dataclasses
 
     from aserve.config import Config
+    from aserve.settings import LEGACY_ENV
 
-    config = Config(**options)
+    before = set(os.environ)
+    config = Config(**options)  # loads --env-file: its variables are read here, not before
+    for variable, name in LEGACY_ENV.items():
+        if name not in sources and variable in os.environ:  # Config read it (__post_init__)
+            from_file = "" if variable in before else f" (from {options['env_file']})"
+            sources[name] = f"env {variable}{from_file}"
     for field in dataclasses.fields(config):
         value = getattr(config, field.name)
         click.echo(f"{field.name} = {_show(value)}  # {sources.get(field.name, 'default')}")

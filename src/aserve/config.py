@@ -44,6 +44,13 @@ DEFAULT_LIMIT_REQUEST_HEAD = 65536
 # the event loop, so a loaded loop answers late. uvicorn's 5 s is reported to kill healthy
 # workers under load; a loop blocked for 30 s is broken by any measure.
 DEFAULT_TIMEOUT_WORKER_HEALTHCHECK = 30.0
+# A worker's whole start (app import, lifespan startup) must end within this. Generous: an app
+# that loads a model or warms a cache at start-up can take tens of seconds, several workers load
+# at once on shared cores, and a healthy app killed here never starts at all. Still below
+# systemd's default TimeoutStartSec (90 s), so the stack of a stuck worker is logged before
+# systemd gives up on the service. A slow start whose event loop runs still beats; only a
+# silent one is cut short by the health check.
+DEFAULT_TIMEOUT_WORKER_STARTUP = 60.0
 
 # Request deadlines (docs/security.md). A head is a few hundred bytes: 20 s is generous for the
 # slowest mobile link, and short enough that a slow-loris client frees its slot soon. A body
@@ -127,6 +134,7 @@ class Config:
     # Workers under a supervisor (supervisor.py): any of these runs one.
     workers: int | None = None
     timeout_worker_healthcheck: float = DEFAULT_TIMEOUT_WORKER_HEALTHCHECK
+    timeout_worker_startup: float | None = DEFAULT_TIMEOUT_WORKER_STARTUP
     limit_max_requests: int | None = None
     limit_max_requests_jitter: int = 0
     limit_worker_memory: float | None = None
@@ -245,6 +253,10 @@ class Config:
             _positive("workers", self.workers)
         if self.timeout_worker_healthcheck <= 0:
             raise ConfigError("timeout_worker_healthcheck must be greater than 0")
+        if self.timeout_worker_startup is not None and self.timeout_worker_startup <= 0:
+            raise ConfigError(
+                "timeout_worker_startup must be greater than 0, or None to disable it"
+            )
         if self.limit_max_requests is not None:
             _positive("limit_max_requests", self.limit_max_requests)
         if (

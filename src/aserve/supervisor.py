@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import re
 import selectors
 import signal
 import socket
@@ -64,6 +65,9 @@ _HANDLED_SIGNALS = (
 
 STARTING = "starting"
 SERVING = "serving"
+# The stop reason of a worker killed because it did not start (too slow, or its loop blocked):
+# the failure is handled when it is killed, so its exit is not reported again.
+START_KILLED = "did not start"
 
 
 class WorkerStartupFailure(RuntimeError):
@@ -135,6 +139,7 @@ class Worker:
     started_at: float
     state: str = STARTING
     last_beat: float = 0.0
+    beating: bool = False  # its event loop runs: it has sent a heartbeat (from start-up on)
     buffer: bytearray = field(default_factory=bytearray)
     error: str | None = None
     replaces: Worker | None = None  # the worker to drain once this one is ready
@@ -322,6 +327,8 @@ class Supervisor:
             with contextlib.suppress(OSError):
                 os.close(fd)
         how = describe_status(status)
+        if worker.stop_reason == START_KILLED:
+            return  # reported, and counted as a start-up failure, when it was killed
         if worker.stop_reason not in (None, "blocked"):
             if status == 0:
                 error_logger.info("Stopped %s (%s)", worker.name, worker.stop_reason)
@@ -413,6 +420,7 @@ class Supervisor:
         for kind, text in decode(worker.buffer):
             if kind == HEARTBEAT:
                 worker.last_beat = now
+                worker.beating = True
             elif kind == READY:
                 self._ready(worker, now)
             elif kind == RETIRE:
@@ -423,6 +431,8 @@ class Supervisor:
                 worker.error = text
 
     def _ready(self, worker: Worker, now: float) -> None:
+        if worker.killed:
+            return  # too late: it was killed for not starting in time
         worker.state = SERVING
         worker.last_beat = now
         self.crash_loop.succeeded()
@@ -435,6 +445,8 @@ class Supervisor:
     # -- keeping the right workers running -------------------------------------------------
 
     def _manage(self, now: float) -> None:
+        if self.stopping is not None:
+            return  # a start-up failure just now may have given up: start nothing more
         serving = [w for w in self.workers if w.stop_reason is None]
         covered = {w.number for w in serving}
         for number in range(1, self.target + 1):
@@ -490,8 +502,14 @@ class Supervisor:
     def _check_health(self, now: float) -> None:
         timeout = self.config.timeout_worker_healthcheck
         for worker in list(self.workers):
-            if worker.state == SERVING and not worker.killed and now - worker.last_beat > timeout:
-                self._blocked(worker, now - worker.last_beat)
+            if worker.killed:
+                continue
+            # A starting worker beats as soon as its event loop runs (lifespan startup): from
+            # then on a silent loop is blocked, starting or not.
+            if (worker.state == SERVING or worker.beating) and now - worker.last_beat > timeout:
+                self._blocked(worker, now - worker.last_beat, now)
+            elif startup_overdue(worker, self.config.timeout_worker_startup, now):
+                self._start_timed_out(worker, now)
         limit = self.config.limit_worker_memory
         if limit is not None and now >= self.next_memory_check:
             self.next_memory_check = now + _MEMORY_CHECK_INTERVAL
@@ -508,10 +526,20 @@ class Supervisor:
                         limit,
                     )
 
-    def _blocked(self, worker: Worker, silent: float) -> None:
+    def _blocked(self, worker: Worker, silent: float, now: float) -> None:
         """Log where a worker's event loop is stuck, then kill it (it is replaced at once)."""
         self._kill(worker, signal.SIGUSR1)  # faulthandler dumps every thread's stack
         stack = self._read_stack(worker)
+        if worker.state == STARTING:
+            timeout = self.config.timeout_worker_healthcheck
+            self._kill_starting(
+                worker,
+                stack,
+                f"its event loop blocked during start-up: no heartbeat for {timeout:g} s, "
+                "the --timeout-worker-healthcheck",
+                now,
+            )
+            return
         error_logger.error(
             "%s has not answered its heartbeat for %.1f s: its event loop is blocked. "
             "Its stack:\n%s",
@@ -522,6 +550,34 @@ class Supervisor:
         worker.stop_reason = "blocked"
         worker.killed = True
         self._kill(worker, signal.SIGKILL)
+
+    def _start_timed_out(self, worker: Worker, now: float) -> None:
+        """A worker still starting past --timeout-worker-startup: log where, kill, count it."""
+        self._kill(worker, signal.SIGUSR1)  # its stack, and its tasks' if its loop runs
+        stack = self._read_stack(worker)
+        timeout = self.config.timeout_worker_startup
+        self._kill_starting(
+            worker,
+            stack,
+            f"not ready after {timeout:g} s, the --timeout-worker-startup (raise it if the app "
+            "needs longer to start)",
+            now,
+        )
+
+    def _kill_starting(self, worker: Worker, stack: str, why: str, now: float) -> None:
+        """Kill a worker that did not start and count it as a start-up failure right away.
+
+        Handled now, not when it is reaped, so that nothing (the next reload step, a respawn)
+        happens in between as if it had merely stopped.
+        """
+        # The same text for every worker stuck the same way: printed once (`_print_error`).
+        worker.error = (
+            f"Its stack when it was killed:\n{stack.rstrip() or '(none received)'}\n{why}"
+        )
+        worker.stop_reason = START_KILLED
+        worker.killed = True
+        self._kill(worker, signal.SIGKILL)
+        self._failed_to_start(worker, "was killed", now)
 
     def _read_stack(self, worker: Worker) -> str:
         chunks: list[bytes] = []
@@ -542,7 +598,7 @@ class Supervisor:
                 if not data:
                     break
                 chunks.append(data)
-        return b"".join(chunks).decode("utf-8", "replace")
+        return trim_stack(b"".join(chunks).decode("utf-8", "replace"))
 
     def _enforce_deadlines(self, now: float) -> None:
         for worker in self.workers:
@@ -638,6 +694,39 @@ class Supervisor:
         if healthy:
             systemd.notify("WATCHDOG=1")
             self.next_watchdog = now + self.watchdog
+
+
+_RUN_WORKER_FRAME = re.compile(r'  File ".*aserve.worker\.py", line \d+ in run_worker')
+
+
+def trim_stack(stack: str) -> str:
+    """A worker's stack without the frames below `run_worker`: the supervisor's, from the fork.
+
+    They say nothing about the worker, and differ with where it was forked from, which would
+    make the same hang look like a new error each time.
+    """
+    lines: list[str] = []
+    skipping = False
+    for line in stack.splitlines():
+        if skipping and line.startswith("  File "):
+            continue
+        skipping = bool(_RUN_WORKER_FRAME.match(line))
+        lines.append(line)
+    return "\n".join(lines) + ("\n" if stack.endswith("\n") else "")
+
+
+def startup_overdue(worker: Worker, timeout: float | None, now: float) -> bool:
+    """Whether a worker still starting (import, lifespan startup) has passed its deadline.
+
+    A worker already told to stop is left to its stop deadline instead.
+    """
+    return (
+        timeout is not None
+        and worker.state == STARTING
+        and worker.stop_reason is None
+        and not worker.killed
+        and now - worker.started_at > timeout
+    )
 
 
 def replacing_workers(supervisor: Supervisor) -> list[Worker]:

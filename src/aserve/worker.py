@@ -1,11 +1,14 @@
 """One worker process under the supervisor: today's `Server` on inherited sockets, plus a channel.
 
 The channel is a pipe to the supervisor. The worker writes to it from its event loop only:
-"ready" once lifespan startup is done and it accepts, a heartbeat every interval (a blocked
-loop stops beating, which is the point: a side thread would keep beating), "retire" when it
-has served its request limit, and its start-up error when it cannot start. A second pipe
-receives `faulthandler`'s stack dump when the supervisor sends SIGUSR1 to a worker whose loop
-stopped beating.
+"ready" once lifespan startup is done and it accepts, a heartbeat every interval from the
+moment its loop runs (lifespan startup included; a blocked loop stops beating, which is the
+point: a side thread would keep beating), "retire" when it has served its request limit, and
+its start-up error when it cannot start. A second pipe receives the stack dump when the
+supervisor sends SIGUSR1 to a worker whose loop stopped beating or that did not start in time:
+`faulthandler`'s, registered before the app is imported so an import that hangs can be shown,
+then, if the event loop runs, where each of its tasks waits (a lifespan startup stuck in an
+`await` shows in no thread's stack).
 """
 
 from __future__ import annotations
@@ -177,13 +180,21 @@ class WorkerServer(Server):
     def capture_signals(self) -> Iterator[None]:
         yield  # installed at fork time by `run_worker`; the supervisor decides, not the tty
 
+    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+        # Beat from the first turn of the loop, so the supervisor tells a slow lifespan
+        # startup whose loop runs from one that blocks it.
+        self._heartbeat = asyncio.get_running_loop().create_task(self._beat())
+        try:
+            await super().serve(sockets)
+        finally:
+            self._heartbeat.cancel()
+
     def _log_started(self) -> None:
         pass  # the supervisor says where the service listens, once
 
     async def _main_loop(self) -> None:
         self.startup_errors.release()
         self.channel.send(READY)
-        self._heartbeat = asyncio.get_running_loop().create_task(self._beat())
         await super()._main_loop()  # the beats go on while it drains: the loop still runs
 
     async def _beat(self) -> None:
@@ -285,7 +296,11 @@ def _worker(
         signal.signal(sig, signal.SIG_DFL)
     # Ctrl+C reaches the whole process group; the supervisor turns it into SIGTERM/SIGQUIT.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    faulthandler.register(signal.SIGUSR1, file=stack_fd, all_threads=True, chain=False)
+    # Before the app is imported: an import that hangs can be dumped too. faulthandler writes
+    # the threads' stacks from the C handler (even while Python is stuck), then chains to the
+    # Python handler, which adds the event loop's tasks when a loop runs.
+    signal.signal(signal.SIGUSR1, _task_dumper(stack_fd))
+    faulthandler.register(signal.SIGUSR1, file=stack_fd, all_threads=True, chain=True)
     set_title(f"worker {number}", config)
     if config.log_config is None:
         prefix = _PidPrefix()
@@ -338,6 +353,58 @@ def _worker(
         channel.send_all(FAILED, _failure(startup_errors, text))
         return EXIT_STARTUP_FAILURE
     return 0
+
+
+def _task_dumper(fd: int) -> Any:
+    def dump(_sig: int, _frame: Any) -> None:
+        text = task_stacks()
+        if text:
+            with contextlib.suppress(OSError):
+                os.write(fd, text.encode("utf-8", "replace"))
+
+    return dump
+
+
+def task_stacks() -> str:
+    """Where each task of the running event loop waits, innermost call first; "" without one.
+
+    Follows each coroutine's `await` chain down to the awaited future (a task's own
+    `get_stack()` shows only its outermost frame), in faulthandler's format.
+    """
+    try:
+        tasks = asyncio.all_tasks()
+    except RuntimeError:  # no running loop: still importing the app
+        return ""
+    parts = []
+    for task in sorted(tasks, key=lambda t: t.get_name()):
+        frames = []
+        awaitable: Any = task.get_coro()
+        while awaitable is not None:
+            frame = next(
+                (
+                    getattr(awaitable, a)
+                    for a in ("cr_frame", "gi_frame", "ag_frame")
+                    if getattr(awaitable, a, None) is not None
+                ),
+                None,
+            )
+            if frame is None:
+                break
+            frames.append(frame)
+            awaitable = next(
+                (
+                    getattr(awaitable, a)
+                    for a in ("cr_await", "gi_yieldfrom", "ag_await")
+                    if getattr(awaitable, a, None) is not None
+                ),
+                None,
+            )
+        lines = [
+            f'  File "{f.f_code.co_filename}", line {f.f_lineno} in {f.f_code.co_name}'
+            for f in reversed(frames)
+        ]
+        parts.append(f"\nTask {task.get_name()!r} (most recent call first):\n" + "\n".join(lines))
+    return "".join(parts) + "\n" if parts else ""
 
 
 def _failure(startup_errors: _StartupErrors, summary: str) -> str:

@@ -1,0 +1,41 @@
+"""Apps for the start-up deadline tests: an import or a lifespan startup that never ends.
+
+`app` is supervised.py's (each response names the worker's pid) unless the file named by
+ASERVE_TEST_HANG_IMPORT exists: then importing this module hangs, as a database connect that
+never returns would.
+"""
+
+import asyncio
+import os
+import time
+
+from supervised import app
+
+if os.path.exists(os.environ.get("ASERVE_TEST_HANG_IMPORT", "/nonexistent")):
+    time.sleep(1e6)  # the import hangs here
+
+
+async def hanging_startup(scope, receive, send):
+    """A lifespan startup that awaits forever: its event loop runs, it never gets ready."""
+    message = await receive()
+    assert message["type"] == "lifespan.startup"
+    await asyncio.sleep(1e6)  # the startup hangs here
+
+
+async def blocking_startup(scope, receive, send):
+    """A lifespan startup that blocks its event loop (a synchronous connect, for example)."""
+    message = await receive()
+    assert message["type"] == "lifespan.startup"
+    time.sleep(1e6)  # the startup blocks the loop here
+
+
+async def slow_startup(scope, receive, send):
+    """A lifespan startup that takes ASERVE_TEST_STARTUP_DELAY seconds, awaiting: not stuck."""
+    if scope["type"] != "lifespan":
+        await app(scope, receive, send)
+        return
+    await receive()
+    await asyncio.sleep(float(os.environ["ASERVE_TEST_STARTUP_DELAY"]))
+    await send({"type": "lifespan.startup.complete"})
+    await receive()
+    await send({"type": "lifespan.shutdown.complete"})
