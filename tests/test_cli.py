@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -16,58 +14,15 @@ import pytest
 
 from aserve.cli import cli
 from aserve.protocols import http
+from processes import ASERVE, AserveProcess
 
 APPS = Path(__file__).parent / "apps"
 DOCS = Path(__file__).parent.parent / "docs"
 
 
-class Process:
-    """`python -m aserve ...` with its stderr collected on a thread."""
-
-    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "aserve", *args],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env={**os.environ, **(env or {})},
-            text=True,
-        )
-        self.lines: list[str] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.lines.append(line)
-
-    def wait_for_port(self, timeout: float = 15) -> int:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for line in self.lines:
-                match = re.search(r"running on http://127\.0\.0\.1:(\d+)", line)
-                if match:
-                    return int(match.group(1))
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.05)
-        raise AssertionError("server did not start:\n" + "".join(self.lines))
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        code = self.proc.wait(timeout)
-        self._reader.join(5)
-        return code
-
-    @property
-    def stderr(self) -> str:
-        return "".join(self.lines)
-
-
 def run_cli(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "aserve", *args],
+        [*ASERVE, *args],
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -84,7 +39,7 @@ def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
 def test_serves_and_shuts_down_gracefully_on_sigterm(tmp_path):
     marker = tmp_path / "shutdown"
     arrived = tmp_path / "arrived"
-    server = Process(
+    server = AserveProcess(
         "lifespan_apps:slow",
         "--app-dir",
         str(APPS),
@@ -115,11 +70,11 @@ def test_serves_and_shuts_down_gracefully_on_sigterm(tmp_path):
     assert code == 0
     assert result["response"].text == "finished"  # the in-flight request completed
     assert marker.read_text() == "shutdown ran"  # then lifespan shutdown ran
-    assert "Application shutdown complete." in server.stderr
+    assert "Application shutdown complete." in server.output
 
 
 def test_sigint_stops_the_server():
-    server = Process("lifespan_apps:hello", "--app-dir", str(APPS), "--port", "0")
+    server = AserveProcess("lifespan_apps:hello", "--app-dir", str(APPS), "--port", "0")
     try:
         port = server.wait_for_port()
         assert httpx.get(f"http://127.0.0.1:{port}/").text == "hello"
@@ -129,7 +84,9 @@ def test_sigint_stops_the_server():
 
 
 def test_access_log_and_factory():
-    server = Process("lifespan_apps:factory", "--factory", "--app-dir", str(APPS), "--port", "0")
+    server = AserveProcess(
+        "lifespan_apps:factory", "--factory", "--app-dir", str(APPS), "--port", "0"
+    )
     try:
         port = server.wait_for_port()
         httpx.get(f"http://127.0.0.1:{port}/path?x=1")
@@ -143,7 +100,7 @@ def test_access_log_and_factory():
 def test_env_file_is_loaded(tmp_path):
     env_file = tmp_path / ".env"
     env_file.write_text("# comment\nexport ASERVE_TEST_ENV_VALUE='from env file'\n")
-    server = Process(
+    server = AserveProcess(
         "lifespan_apps:env_app",
         "--app-dir",
         str(APPS),
@@ -194,7 +151,7 @@ def test_bad_input_is_one_line_error_exit_1(args, expected):
 
 
 def test_port_in_use_is_one_line_error():
-    server = Process("lifespan_apps:hello", "--app-dir", str(APPS), "--port", "0")
+    server = AserveProcess("lifespan_apps:hello", "--app-dir", str(APPS), "--port", "0")
     try:
         port = server.wait_for_port()
         result = run_cli("lifespan_apps:hello", "--app-dir", str(APPS), "--port", str(port))

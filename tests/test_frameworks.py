@@ -460,10 +460,11 @@ def test_sse_stream_held_open_through_graceful_shutdown():
     connection ends with a FIN after whole events (no reset, no torn chunk: the missing 0-chunk
     tells an HTTP client the response was cut, and an EventSource reconnects), the process
     exits 0 and nothing is logged at ERROR."""
-    from test_cli import APPS, Process
+    from processes import AserveProcess
+    from test_cli import APPS
 
     grace = 1.0
-    server = Process(
+    server = AserveProcess(
         "sse_app:app",
         "--app-dir",
         str(APPS),
@@ -508,7 +509,7 @@ def test_sse_stream_held_open_through_graceful_shutdown():
     assert len(events) > before_signal  # the stream went on during the grace period
     assert grace * 0.8 <= closed_after < grace + 10
     assert code == 0
-    stderr = server.stderr
+    stderr = server.output
     assert "sse-app: stream cancelled after" in stderr
     assert "sse-app: stream closed" in stderr
     assert "sse-app: lifespan shutdown" in stderr

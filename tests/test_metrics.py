@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import signal
 import socket
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import httpx
 import pytest
 from tests.conftest import read_response, read_until_close, serve
+from tests.processes import AserveProcess
 from websockets.sync.client import connect
 
+from aserve.balance import RESTART_REASONS
 from aserve.config import Config, ConfigError
 from aserve.metrics import DURATION_BUCKETS, Metrics
 
@@ -30,7 +35,9 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
             message = await receive()
             if message["type"] == "websocket.disconnect":
                 return
-            await send({"type": "websocket.send", "text": message.get("text")})
+            text = message.get("text")
+            echo = {"bytes": message["bytes"]} if text is None else {"text": text}
+            await send({"type": "websocket.send", **echo})
     path = scope["path"]
     if path == "/boom":
         raise RuntimeError("boom")
@@ -131,15 +138,23 @@ def test_counters_follow_real_traffic() -> None:
 
         # WebSockets: counted while open, and not as HTTP requests.
         with connect(f"ws://127.0.0.1:{server.port}/ws") as ws:
-            ws.send("hi")
-            assert ws.recv() == "hi"
+            ws.send("hé")  # 3 bytes as UTF-8
+            assert ws.recv() == "hé"
+            ws.send([b"ab", b"cde"])  # one message in two frames
+            assert ws.recv() == b"abcde"
             samples = scrape(port)
             assert samples["aserve_websockets_open"] == 1
             assert samples["aserve_websockets_total"] == 1
             assert samples["aserve_connections_open"] == 1
+            assert samples['aserve_websocket_messages_total{direction="received"}'] == 2
+            assert samples['aserve_websocket_messages_total{direction="sent"}'] == 2
+            assert samples['aserve_websocket_bytes_total{direction="received"}'] == 3 + 5
+            assert samples['aserve_websocket_bytes_total{direction="sent"}'] == 3 + 5
         samples = wait_for(port, "aserve_websockets_open", 0)
         assert samples["aserve_websockets_total"] == 1
         assert samples["aserve_http_requests_total"] == 7
+        # Without a supervisor there are no worker restarts to count: no such series.
+        assert not [name for name in samples if name.startswith("aserve_worker")]
 
 
 def test_the_metrics_listener_answers_only_get_metrics() -> None:
@@ -197,12 +212,12 @@ def test_exposition_format() -> None:
 
 
 def test_the_command_line_flags() -> None:
-    from tests.test_cli import APPS, Process, one_line_error, run_cli
+    from tests.test_cli import APPS, one_line_error, run_cli
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         metrics_port = probe.getsockname()[1]
-    server = Process(
+    server = AserveProcess(
         "lifespan_apps:hello", "--app-dir", str(APPS), "--port", "0",
         "--metrics-port", str(metrics_port), "--metrics-host", "127.0.0.1",
     )  # fmt: skip
@@ -211,7 +226,7 @@ def test_the_command_line_flags() -> None:
         assert httpx.get(f"http://127.0.0.1:{port}/").text == "hello"
         samples = scrape(metrics_port)
         assert samples['aserve_http_responses_total{status="2xx"}'] == 1
-        assert f"Metrics on http://127.0.0.1:{metrics_port}/metrics" in server.stderr
+        assert f"Metrics on http://127.0.0.1:{metrics_port}/metrics" in server.output
     finally:
         server.stop()
     result = run_cli("lifespan_apps:hello", "--port", "8123", "--metrics-port", "8123")
@@ -268,3 +283,74 @@ def test_a_worker_serves_on_its_own_port_once_its_predecessor_frees_it() -> None
         server.should_exit = True
         thread.join(15)
     assert not thread.is_alive()
+
+
+@pytest.mark.once
+def test_worker_restarts_are_counted_by_the_supervisor_and_shown_by_every_worker() -> None:
+    """The supervisor counts in memory its workers share (balance.py): kill -9 a worker, then
+    SIGHUP, and both workers' /metrics show the same supervisor-wide counts."""
+    from tests.test_cli import APPS
+
+    base = _two_free_ports()
+    server = AserveProcess(
+        "supervised:app", "--app-dir", str(APPS), "--port", "0", "--no-access-log",
+        "--workers", "2", "--metrics-port", str(base),
+    )  # fmt: skip
+
+    def restarts(port: int) -> dict[str, float]:
+        samples = scrape(port)
+        prefix = "aserve_worker_restarts_total"
+        return {name[len(prefix) :]: value for name, value in samples.items() if prefix in name}
+
+    def wait_until(condition: Callable[[], bool], what: str, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if condition():
+                    return
+            except (httpx.HTTPError, KeyError):
+                pass  # a worker not listening (yet, or any more)
+            assert time.monotonic() < deadline, f"timed out: {what}\n{server.output}"
+            time.sleep(0.05)
+
+    try:
+        server.wait_for_port(60)
+        wait_until(lambda: scrape(base)["aserve_workers"] == 2, "two workers accept")
+        wait_until(lambda: scrape(base + 1)["aserve_workers"] == 2, "worker 2's metrics")
+        assert set(restarts(base).values()) == {0}
+        assert {f'{{reason="{reason}"}}' for reason in RESTART_REASONS} == set(restarts(base))
+        pid = int(re.search(r"Started worker 1 \(pid (\d+)\)", server.output).group(1))
+        os.kill(pid, signal.SIGKILL)
+        wait_until(lambda: restarts(base + 1)['{reason="crashed"}'] == 1, "a crash counted")
+        wait_until(lambda: scrape(base)["aserve_workers"] == 2, "worker 1 replaced")
+        counts = restarts(base)  # the new worker 1 shows what the supervisor counted
+        assert counts['{reason="crashed"}'] == 1 and sum(counts.values()) == 1
+        server.proc.send_signal(signal.SIGHUP)  # replaces both, one at a time
+        wait_until(lambda: restarts(base)['{reason="reload"}'] == 2, "a reload counted")
+        wait_until(lambda: restarts(base + 1) == restarts(base), "the same counts in both")
+        counts = restarts(base + 1)
+        assert counts['{reason="crashed"}'] == 1 and sum(counts.values()) == 3
+    finally:
+        assert server.stop() == 0
+
+
+@pytest.mark.parametrize(
+    ("stop_reason", "retire", "state", "expected"),
+    [
+        (None, None, "serving", "crashed"),
+        (None, None, "starting", "start_failed"),
+        ("blocked", None, "serving", "blocked"),
+        ("replaced", "served 1000 requests", "serving", "max_requests"),
+        ("replaced", "uses 300 MB, over --limit-worker-memory", "serving", "memory"),
+        ("reload", None, "serving", "reload"),
+        ("fewer workers", None, "serving", "scaled_down"),
+        ("shutdown", None, "serving", None),
+    ],
+)
+def test_restart_reasons(stop_reason, retire, state, expected) -> None:
+    from aserve.supervisor import Worker
+
+    worker = Worker(1, 1, -1, -1, "start", 0.0, state=state, retire=retire)
+    worker.stop_reason = stop_reason
+    assert worker.restart_reason == expected
+    assert expected is None or expected in RESTART_REASONS

@@ -9,66 +9,48 @@ import json
 import os
 import resource
 import selectors
-import signal
 import socket
 import subprocess
-import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
+
+from processes import AserveProcess
 
 APPS = Path(__file__).parent / "apps"
 REQUEST = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
 HELLO = b"HTTP/1.1 200 OK"
 
 
-class LimitedServer:
+class LimitedServer(AserveProcess):
     """`python -m aserve` on an inherited listening socket, its soft RLIMIT_NOFILE lowered."""
 
     def __init__(self, nofile: int, *args: str) -> None:
-        self.listener = socket.socket()
-        self.listener.bind(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        fd = self.listener.fileno()
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        self.port = listener.getsockname()[1]
+        fd = listener.fileno()
 
         def lower_limit() -> None:
             hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
             resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, hard))
 
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "aserve", "--fd", str(fd), *args],
-            pass_fds=[fd],
-            preexec_fn=lower_limit,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
+        super().__init__(
+            "--fd", str(fd), *args, stdout=subprocess.DEVNULL, pass_fds=[fd], preexec_fn=lower_limit
         )
-        self.listener.close()  # the server has its own copy
-        self.lines: list[str] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.lines.append(line)
+        listener.close()  # the server has its own copy
 
     def wait_until_serving(self, timeout: float = 15) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                break
+        def answers() -> bool:
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
                     sock.sendall(REQUEST)
-                    if sock.recv(100).startswith(HELLO):
-                        return
+                    return sock.recv(100).startswith(HELLO)
             except OSError:
-                pass
-            time.sleep(0.05)
-        raise AssertionError("server did not start:\n" + "".join(self.lines))
+                return False
+
+        self.wait_until(answers, "the server to answer", timeout)
 
     def cpu_seconds(self) -> float:
         """utime + stime of the server process, from /proc."""
@@ -77,15 +59,6 @@ class LimitedServer:
 
     def open_fds(self) -> int:
         return len(os.listdir(f"/proc/{self.proc.pid}/fd"))
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(15)
-        finally:
-            self.proc.kill()
-            self._reader.join(5)
 
 
 def _answered(socks: list[socket.socket], quiet: float, deadline: float) -> set[socket.socket]:

@@ -7,6 +7,10 @@ worker that is ahead of the least busy sibling by `LEAD` steps aside for a few m
 at most `MAX_DEFERRALS` times in a row, so a sibling that is slow or blocked never leaves
 connections waiting for long. A worker that starts late joins at the busiest count, so a new
 worker does not take every connection until it catches up.
+
+The same memory carries the supervisor's restart counts (`RESTART_REASONS`): the supervisor
+has no event loop and no listener, so every worker's /metrics shows them (docs/metrics.md).
+Only the supervisor writes them; a worker reads whole 8-byte words.
 """
 
 from __future__ import annotations
@@ -24,14 +28,28 @@ MAX_DEFERRALS = 3
 
 _SLOT = struct.Struct("q")
 
+# Why the supervisor replaced (or, scaling down, removed) a worker, as /metrics labels them.
+RESTART_REASONS = (
+    "crashed",  # exited or was killed by a signal while serving, unasked
+    "start_failed",  # exited before it was ready (the app failed to start)
+    "blocked",  # its event loop stopped answering the heartbeat: killed
+    "max_requests",  # --limit-max-requests
+    "memory",  # --limit-worker-memory
+    "reload",  # SIGHUP
+    "scaled_down",  # SIGTTOU
+)
+
 
 class AcceptShares:
     """The shared counts: one signed 64-bit slot per worker process, mapped before fork."""
 
     def __init__(self, slots: int = 128) -> None:
         self.slots = slots
-        self._map = mmap.mmap(-1, _SLOT.size * slots)  # anonymous and shared: fork keeps it
-        self._counts = memoryview(self._map).cast("q")
+        size = _SLOT.size * (slots + len(RESTART_REASONS))
+        self._map = mmap.mmap(-1, size)  # anonymous and shared: fork keeps it
+        words = memoryview(self._map).cast("q")
+        self._counts = words[:slots]
+        self._restarts = words[slots:]  # zeroed by mmap
         for index in range(slots):
             self._counts[index] = IDLE
 
@@ -45,15 +63,28 @@ class AcceptShares:
     def counts(self) -> list[int]:
         return [count for count in self._counts if count != IDLE]
 
+    def restarted(self, reason: str) -> None:
+        """The supervisor counts a worker it replaced (or removed), by `RESTART_REASONS`."""
+        self._restarts[RESTART_REASONS.index(reason)] += 1
+
 
 class AcceptSlot:
     """One worker's view: its own count against its siblings'."""
 
-    __slots__ = ("_counts", "_index")
+    __slots__ = ("_counts", "_index", "_restarts")
 
     def __init__(self, shares: AcceptShares, index: int) -> None:
         self._counts = shares._counts
+        self._restarts = shares._restarts
         self._index = index
+
+    def restarts(self) -> list[tuple[str, int]]:
+        """The supervisor's restart counts, by reason: the same in every worker."""
+        return list(zip(RESTART_REASONS, self._restarts.tolist(), strict=True))
+
+    def workers(self) -> int:
+        """How many workers accept connections now (started, not draining)."""
+        return sum(1 for count in self._counts if count != IDLE)
 
     def join(self) -> None:
         """Start counting, level with the busiest sibling."""

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Sized
 from typing import Any, Final
 
+from aserve.balance import AcceptSlot
 from aserve.errors import ConfigError
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -26,6 +27,8 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 DURATION_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 STATUS_CLASSES: Final = ("1xx", "2xx", "3xx", "4xx", "5xx")
+
+DIRECTIONS: Final = ("received", "sent")
 
 # A scrape request head larger than this, or slower than this, is dropped.
 _MAX_HEAD = 8192
@@ -47,6 +50,9 @@ class Metrics:
         "responses",
         "sent_bytes",
         "started_at",
+        "supervisor",
+        "websocket_bytes",
+        "websocket_messages",
         "websockets_accepted",
         "websockets_closed",
     )
@@ -66,6 +72,11 @@ class Metrics:
         self.duration_sum = 0.0
         self.websockets_accepted = 0
         self.websockets_closed = 0
+        self.websocket_messages = [0, 0]  # received, sent (DIRECTIONS)
+        self.websocket_bytes = [0, 0]  # their payload bytes, uncompressed
+        # A supervisor's worker: its view of the supervisor's shared counts (balance.py), so
+        # the restarts it made show here; None in a server without one.
+        self.supervisor: AcceptSlot | None = None
 
     # -- fed by the protocols --------------------------------------------------------------
 
@@ -99,6 +110,16 @@ class Metrics:
 
     def websocket_closed(self) -> None:
         self.websockets_closed += 1
+
+    def websocket_frame_received(self, size: int, fin: bool) -> None:
+        """A data frame's payload; its message is counted with its last frame."""
+        self.websocket_bytes[0] += size
+        if fin:
+            self.websocket_messages[0] += 1
+
+    def websocket_sent(self, size: int) -> None:
+        self.websocket_messages[1] += 1
+        self.websocket_bytes[1] += size
 
     # -- the exposition --------------------------------------------------------------------
 
@@ -183,6 +204,33 @@ class Metrics:
             [("", self.websockets_accepted - self.websockets_closed)],
         )
         metric(
+            "aserve_websocket_messages_total",
+            "counter",
+            "WebSocket messages, by direction (a fragmented message counts once).",
+            _by_direction(self.websocket_messages),
+        )
+        metric(
+            "aserve_websocket_bytes_total",
+            "counter",
+            "WebSocket message payload bytes, by direction (text as UTF-8, uncompressed).",
+            _by_direction(self.websocket_bytes),
+        )
+        supervisor = self.supervisor
+        if supervisor is not None:
+            metric(
+                "aserve_worker_restarts_total",
+                "counter",
+                "Workers the supervisor replaced (or removed), by reason; supervisor-wide: the "
+                "same in every worker.",
+                [(f'{{reason="{reason}"}}', count) for reason, count in supervisor.restarts()],
+            )
+            metric(
+                "aserve_workers",
+                "gauge",
+                "Workers accepting connections now, supervisor-wide.",
+                [("", supervisor.workers())],
+            )
+        metric(
             "process_start_time_seconds",
             "gauge",
             "When this server process started serving, in seconds since the epoch.",
@@ -190,6 +238,10 @@ class Metrics:
         )
         lines.append("")
         return "\n".join(lines)
+
+
+def _by_direction(counts: list[int]) -> list[tuple[str, Any]]:
+    return [(f'{{direction="{d}"}}', n) for d, n in zip(DIRECTIONS, counts, strict=True)]
 
 
 def _status_class(status: int) -> int:

@@ -123,6 +123,8 @@ class Server:
             error_logger.info("Application startup complete.")
         state = ServerState(config, app, loop, base_context, lifespan_state)
         self.state = state
+        if state.metrics is not None:  # a supervisor's worker shows the supervisor's counts
+            state.metrics.supervisor = self.accept_balance
         edge = None
         if ssl_context is not None:
             state.tls_info = TLSInfo(ssl_context, config.ssl_certfile)

@@ -154,6 +154,16 @@ class Worker:
     def name(self) -> str:
         return f"worker {self.number} (pid {self.pid})"
 
+    @property
+    def restart_reason(self) -> str | None:
+        """Why it exited, as /metrics counts it (balance.RESTART_REASONS); None: shut down."""
+        stopped = {"reload": "reload", "fewer workers": "scaled_down", "blocked": "blocked"}
+        if self.stop_reason == "replaced":
+            return "memory" if "--limit-worker-memory" in (self.retire or "") else "max_requests"
+        if self.stop_reason is not None:
+            return stopped.get(self.stop_reason)
+        return "start_failed" if self.state == STARTING else "crashed"
+
 
 class Supervisor:
     """Runs `config.workers` workers on `sockets` until told to stop (see the module docstring)."""
@@ -321,6 +331,8 @@ class Supervisor:
         self.workers.remove(worker)
         if worker.slot is not None:
             self.shares.release(worker.slot)  # a crashed worker cannot say it left
+        if worker.restart_reason is not None:
+            self.shares.restarted(worker.restart_reason)  # every worker's /metrics shows it
         with contextlib.suppress(KeyError, ValueError):
             self.selector.unregister(worker.channel)
         for fd in (worker.channel, worker.stacks):

@@ -14,17 +14,17 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from processes import AserveProcess, Child
+from processes import wait_for as wait_for  # the tests import it from here
+
 HERE = Path(__file__).parent
 # What each HAProxy server line gets for PROXY protocol v2 (docs/deployment.md shows it).
 PROXY_V2 = "send-proxy-v2 check-send-proxy"
-DEADLINE = 30.0  # generous: the CI machine has two busy cores
 
 
 def require(binary: str) -> str:
@@ -61,14 +61,6 @@ def render(template: str, **values: str) -> str:
     return text
 
 
-def wait_for(condition, what: str, timeout: float = DEADLINE, diagnose=lambda: "") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}\n{diagnose()}")
-        time.sleep(0.02)
-
-
 def accepts(port: int) -> bool:
     try:
         socket.create_connection(("127.0.0.1", port), timeout=1).close()
@@ -77,90 +69,23 @@ def accepts(port: int) -> bool:
     return True
 
 
-class Child:
-    """A process whose output is collected on a thread, stopped and reaped on exit."""
-
-    def __init__(self, args: list[str], env: dict[str, str] | None = None) -> None:
-        self.args = args
-        self.proc = subprocess.Popen(
-            args,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, **(env or {})},
-            text=True,
-        )
-        self.lines: list[str] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.append(line)
-
-    @property
-    def output(self) -> str:
-        return "".join(self.lines)
-
-    def wait_until_ready(self, what: str, diagnose=None) -> None:
-        """Poll `_ready`; a process that never gets there is stopped, not left behind."""
-        try:
-            wait_for(self._ready, what, diagnose=diagnose or (lambda: self.output))
-        except BaseException:
-            self.stop()
-            raise
-
-    def _ready(self) -> bool:
-        raise NotImplementedError
-
-    def check_alive(self) -> None:
-        if self.proc.poll() is not None:
-            self._reader.join(5)
-            raise AssertionError(
-                f"{Path(self.args[0]).name} exited with {self.proc.returncode}:\n{self.output}"
-            )
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = DEADLINE) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        self._reader.join(5)
-        return self.proc.returncode
-
-
-class Aserve(Child):
+class Aserve(AserveProcess):
     """`python -m aserve e2e_app:app ...` on a free TCP port or on a Unix socket."""
 
     def __init__(self, *options: str, uds: Path | None = None, instance: str = "") -> None:
         self.uds = uds
         bind = ["--uds", str(uds)] if uds else ["--port", "0"]
         super().__init__(
-            [
-                sys.executable,
-                "-m",
-                "aserve",
-                "e2e_app:app",
-                "--app-dir",
-                str(HERE),
-                *bind,
-                *options,
-            ],
+            "e2e_app:app",
+            "--app-dir",
+            str(HERE),
+            *bind,
+            *options,
             env={"E2E_INSTANCE": instance},
+            merge_output=True,
         )
-        self.wait_until_ready("aserve to start")
-        self.port = 0
-        match = re.search(r"running on http://127\.0\.0\.1:(\d+)", self.output)
-        if match:
-            self.port = int(match.group(1))
-
-    def _ready(self) -> bool:
-        self.check_alive()
-        return "running on" in self.output
+        self.wait_until(lambda: "running on" in self.output, "aserve to start", or_stop=True)
+        self.port = 0 if uds else self.wait_for_port()
 
     @property
     def address(self) -> str:
@@ -245,13 +170,15 @@ class Nginx(Child):
                 str(conf),
                 "-g",
                 "daemon off;",
-            ]
+            ],
+            merge_output=True,
         )
-        self.wait_until_ready("nginx to listen", self.diagnose)
-
-    def _ready(self) -> bool:
-        self.check_alive()
-        return accepts(self.port) and accepts(self.tls_port)
+        self.wait_until(
+            lambda: accepts(self.port) and accepts(self.tls_port),
+            "nginx to listen",
+            diagnose=self.diagnose,
+            or_stop=True,
+        )
 
     def diagnose(self) -> str:
         log = self.directory / "error.log"
@@ -285,12 +212,8 @@ class HAProxy(Child):
         )
         check = subprocess.run([binary, "-c", "-f", str(cfg)], capture_output=True, text=True)
         assert check.returncode == 0, check.stdout + check.stderr
-        super().__init__([binary, "-f", str(cfg), "-db"])
-        self.wait_until_ready("haproxy to listen")
-
-    def _ready(self) -> bool:
-        self.check_alive()
-        return accepts(self.port)
+        super().__init__([binary, "-f", str(cfg), "-db"], merge_output=True)
+        self.wait_until(lambda: accepts(self.port), "haproxy to listen", or_stop=True)
 
 
 @contextlib.contextmanager

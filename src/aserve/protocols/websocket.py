@@ -356,12 +356,16 @@ class WebSocketProtocol(asyncio.Protocol):
                 protocol = self.protocol
                 text = message.get("text")
                 if text is not None:
-                    protocol.send_text(text.encode())
+                    data = text.encode()
+                    protocol.send_text(data)
                 else:
                     data = message.get("bytes")
                     if data is None:
                         raise RuntimeError("'websocket.send' needs 'text' or 'bytes'")
                     protocol.send_binary(data)
+                metrics = self.state.metrics
+                if metrics is not None:
+                    metrics.websocket_sent(len(data))
                 self._write(protocol.data_to_send())
                 if not self.flow.paused:
                     return READY
@@ -488,10 +492,13 @@ class WebSocketProtocol(asyncio.Protocol):
         protocol = self.protocol
         protocol.receive_data(data)
         events = protocol.events_received()
+        metrics = self.state.metrics
         for frame in events:
             opcode = frame.opcode
             if opcode is _TEXT or opcode is _BINARY or opcode is _CONT:
                 if self._phase is OPEN:
+                    if metrics is not None:
+                        metrics.websocket_frame_received(len(frame.data), frame.fin)
                     self._on_data(frame.data, opcode, frame.fin)
             elif opcode is _PONG and frame.data == self._ping_payload:
                 self._on_pong()
