@@ -3,7 +3,9 @@ the ASGI `tls` extension, plain HTTP on the TLS port, and the settings' one-line
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 import socket
 import ssl
 import time
@@ -17,6 +19,7 @@ from websockets.sync.client import connect
 from aserve.asgi import HTTP_EXTENSIONS
 from aserve.config import Config
 from aserve.errors import ConfigError
+from aserve.protocols import extensions
 from aserve.tls import create_ssl_context
 from conftest import read_until_close, serve
 
@@ -198,6 +201,41 @@ def test_websocket_over_wss(loop_name, certs):
     assert scopes[0]["scheme"] == "wss"
     assert scopes[0]["extensions"]["tls"]["server_cert"] == certs["server_pem"]
     assert "websocket.http.response" in scopes[0]["extensions"]
+
+
+def test_pathsend_of_a_big_file_over_aserves_own_tls(loop_name, certs, tmp_path, monkeypatch):
+    """TLS encrypts in user space, so pathsend cannot use sendfile there: the file is read
+    through the TLS transport, and every byte of a file larger than the socket buffers (and
+    than the read size) arrives intact, for a fast reader and for one that waits first."""
+    data = os.urandom(5 * 1024 * 1024 + 4321)
+    path = tmp_path / "big.bin"
+    path.write_bytes(data)
+    digest = hashlib.sha256(data).hexdigest()
+
+    def refuse(*args):
+        raise AssertionError("sendfile must not be used on a TLS connection")
+
+    monkeypatch.setattr(extensions, "_sendfile", refuse)
+
+    async def app(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.pathsend", "path": str(path)})
+
+    with serve(app, loop=loop_name, access_log=False, **tls_options(certs)) as server:
+        with httpx.Client(verify=client_context(certs), timeout=60) as client:
+            for _ in range(2):  # the connection serves on after a file
+                response = client.get(https_url(server, "/big"))
+                assert response.status_code == 200
+                assert response.headers["content-length"] == str(len(data))
+                assert hashlib.sha256(response.content).hexdigest() == digest
+        raw = socket.create_connection(("127.0.0.1", server.port), timeout=30)
+        with client_context(certs).wrap_socket(raw, server_hostname="localhost") as tls:
+            tls.sendall(b"GET /big HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            time.sleep(0.5)  # the server fills the socket buffers and waits for the reader
+            received = read_until_close(tls, timeout=30)
+    head, _, body = received.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200")
+    assert len(body) == len(data) and hashlib.sha256(body).hexdigest() == digest
 
 
 def test_proxy_protocol_header_before_the_tls_handshake(certs):
