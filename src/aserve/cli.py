@@ -515,7 +515,7 @@ def _print_config(options: dict[str, Any], sources: dict[str, str]) -> None:
     before = set(os.environ)
     config = Config(**options)  # loads --env-file: its variables are read here, not before
     for variable, name in LEGACY_ENV.items():
-        if name not in sources and variable in os.environ:  # Config read it (__post_init__)
+        if name not in sources and os.environ.get(variable):  # Config read it (__post_init__)
             from_file = "" if variable in before else f" (from {options['env_file']})"
             sources[name] = f"env {variable}{from_file}"
     for field in dataclasses.fields(config):
