@@ -63,3 +63,19 @@ def test_the_counts_are_shared_with_a_forked_child():
         os._exit(0)
     os.waitpid(pid, 0)
     assert shares.counts() == [0, 7]
+
+
+def test_a_sibling_that_starts_later_is_seen_by_those_already_running():
+    # Each worker reads how many slots are in use on every wake-up, not once at its start.
+    shares = AcceptShares(8)
+    one = shares.slot(0)
+    one.join()
+    one.add(100)
+    assert not one.ahead()  # alone
+    late = shares.slot(5)  # the lowest free slot is not always the next one (respawns)
+    late.join()
+    assert shares.counts() == [100, 100]
+    late.add(LEAD)
+    assert late.ahead() and not one.ahead()
+    shares.release(5)
+    assert shares.counts() == [100] and not one.ahead()

@@ -18,8 +18,9 @@ from __future__ import annotations
 import mmap
 import struct
 
-# A slot whose worker is not accepting (none there, starting, draining, gone).
-IDLE = -1
+# A slot whose worker is not accepting (none there, starting, draining, gone): larger than any
+# count, so the least busy sibling is simply the smallest value.
+IDLE = (1 << 63) - 1
 # How far ahead of the least busy sibling a worker may get before it steps aside.
 LEAD = 4
 # How long it steps aside, and how many times in a row at most.
@@ -41,19 +42,29 @@ RESTART_REASONS = (
 
 
 class AcceptShares:
-    """The shared counts: one signed 64-bit slot per worker process, mapped before fork."""
+    """The shared counts: one signed 64-bit slot per worker process, mapped before fork.
+
+    The first word holds how many slots have ever been handed out (the supervisor takes the
+    lowest free one), so a worker looks at those only, not at all `slots`: `ahead()` runs on
+    every wake-up of the listening socket, once per new connection under a steady load, and a
+    scan of 128 slots in Python cost as much as the rest of accepting the connection.
+    """
 
     def __init__(self, slots: int = 128) -> None:
         self.slots = slots
-        size = _SLOT.size * (slots + len(RESTART_REASONS))
+        size = _SLOT.size * (1 + slots + len(RESTART_REASONS))
         self._map = mmap.mmap(-1, size)  # anonymous and shared: fork keeps it
         words = memoryview(self._map).cast("q")
-        self._counts = words[:slots]
-        self._restarts = words[slots:]  # zeroed by mmap
+        self._in_use = words[:1]  # zeroed by mmap
+        self._counts = words[1 : 1 + slots]
+        self._restarts = words[1 + slots :]  # zeroed by mmap
         for index in range(slots):
             self._counts[index] = IDLE
 
     def slot(self, index: int) -> AcceptSlot:
+        if not 0 <= index < self.slots:
+            raise IndexError(f"slot {index} out of range(0, {self.slots})")
+        self._in_use[0] = max(self._in_use[0], index + 1)
         return AcceptSlot(self, index)
 
     def release(self, index: int) -> None:
@@ -61,7 +72,7 @@ class AcceptShares:
         self._counts[index] = IDLE
 
     def counts(self) -> list[int]:
-        return [count for count in self._counts if count != IDLE]
+        return [count for count in self._counts[: self._in_use[0]] if count != IDLE]
 
     def restarted(self, reason: str) -> None:
         """The supervisor counts a worker it replaced (or removed), by `RESTART_REASONS`."""
@@ -71,10 +82,11 @@ class AcceptShares:
 class AcceptSlot:
     """One worker's view: its own count against its siblings'."""
 
-    __slots__ = ("_counts", "_index", "_restarts")
+    __slots__ = ("_counts", "_in_use", "_index", "_restarts")
 
     def __init__(self, shares: AcceptShares, index: int) -> None:
         self._counts = shares._counts
+        self._in_use = shares._in_use
         self._restarts = shares._restarts
         self._index = index
 
@@ -84,11 +96,11 @@ class AcceptSlot:
 
     def workers(self) -> int:
         """How many workers accept connections now (started, not draining)."""
-        return sum(1 for count in self._counts if count != IDLE)
+        return sum(1 for count in self._counts[: self._in_use[0]] if count != IDLE)
 
     def join(self) -> None:
         """Start counting, level with the busiest sibling."""
-        busiest = max((c for c in self._counts if c != IDLE), default=0)
+        busiest = max((c for c in self._counts[: self._in_use[0]] if c != IDLE), default=0)
         self._counts[self._index] = busiest
 
     def leave(self) -> None:
@@ -99,9 +111,11 @@ class AcceptSlot:
             self._counts[self._index] += accepted
 
     def ahead(self) -> bool:
-        """Has this worker accepted `LEAD` more than the least busy sibling?"""
-        mine = self._counts[self._index]
-        if mine == IDLE:
-            return False
-        others = [c for i, c in enumerate(self._counts) if c != IDLE and i != self._index]
-        return bool(others) and mine >= min(others) + LEAD
+        """Has this worker accepted `LEAD` more than the least busy sibling?
+
+        Idle slots are larger than any count, and a worker is never ahead of itself, so the
+        smallest count among the slots in use answers it (alone, it is its own count).
+        """
+        counts = self._counts
+        mine = counts[self._index]
+        return mine != IDLE and mine >= min(counts[: self._in_use[0]]) + LEAD

@@ -12,10 +12,10 @@ takes the `ssl` context TLS will need).
 Workers under a supervisor share one listening socket, and the kernel wakes every worker
 waiting on it; whoever runs first accepts. With 128 per wake-up, one worker took most of a
 burst (the busiest of two served 67% of 256 connections opened at once, in the median of 30
-bursts, and up to 100%). A shared listener takes at most `SHARED_ACCEPT_BATCH` per wake-up and
-then yields the CPU, so a sibling woken for the same burst runs and takes its share, and a
-worker that has accepted more than its least busy sibling steps aside for a moment
-(`balance.py`): bursts then split evenly (docs/architecture.md).
+bursts, and up to 100%). A shared listener takes at most `SHARED_ACCEPT_BATCH` per wake-up and,
+when it took that many (more may be queued), yields the CPU, so a sibling woken for the same
+burst runs and takes its share; a worker that has accepted more than its least busy sibling
+steps aside for a moment (`balance.py`): bursts then split evenly (docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -137,8 +137,11 @@ class Listener:
             accepted += 1
         if accepted and balance is not None:
             balance.add(accepted)
-        if accepted and self._shared:
-            os.sched_yield()  # let a sibling worker woken for the same burst take its share
+        if accepted == self._batch and self._shared:
+            # More may be queued: let a sibling woken for the same burst take its share. A
+            # drained queue leaves the sibling nothing, and the syscall would be pure cost
+            # on every new connection of a steady load.
+            os.sched_yield()
 
     def _connect(self, conn: socket.socket) -> None:
         if self._edge is not None:
