@@ -21,6 +21,7 @@ from websockets.sync.client import connect
 from aserve.balance import RESTART_REASONS
 from aserve.config import Config, ConfigError
 from aserve.metrics import DURATION_BUCKETS, Metrics
+from aserve.supervisor import START_KILLED, Worker
 
 SAMPLE = re.compile(r"^([a-z_]+)(\{[^}]*\})? (\S+)$")
 
@@ -339,6 +340,7 @@ def test_worker_restarts_are_counted_by_the_supervisor_and_shown_by_every_worker
     [
         (None, None, "serving", "crashed"),
         (None, None, "starting", "start_failed"),
+        (START_KILLED, None, "starting", "start_failed"),  # --timeout-worker-startup
         ("blocked", None, "serving", "blocked"),
         ("replaced", "served 1000 requests", "serving", "max_requests"),
         ("replaced", "uses 300 MB, over --limit-worker-memory", "serving", "memory"),
@@ -348,8 +350,6 @@ def test_worker_restarts_are_counted_by_the_supervisor_and_shown_by_every_worker
     ],
 )
 def test_restart_reasons(stop_reason, retire, state, expected) -> None:
-    from aserve.supervisor import Worker
-
     worker = Worker(1, 1, -1, -1, "start", 0.0, state=state, retire=retire)
     worker.stop_reason = stop_reason
     assert worker.restart_reason == expected

@@ -157,7 +157,12 @@ class Worker:
     @property
     def restart_reason(self) -> str | None:
         """Why it exited, as /metrics counts it (balance.RESTART_REASONS); None: shut down."""
-        stopped = {"reload": "reload", "fewer workers": "scaled_down", "blocked": "blocked"}
+        stopped = {
+            "reload": "reload",
+            "fewer workers": "scaled_down",
+            "blocked": "blocked",
+            START_KILLED: "start_failed",
+        }
         if self.stop_reason == "replaced":
             return "memory" if "--limit-worker-memory" in (self.retire or "") else "max_requests"
         if self.stop_reason is not None:
