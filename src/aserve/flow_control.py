@@ -58,7 +58,8 @@ READY: Final = Ready()
 class WriteFlow:
     __slots__ = ("_loop", "_waiter", "paused")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop | None) -> None:
+        """`loop` is None only for a flow that is never paused (`UNPAUSED`)."""
         self._loop = loop
         self._waiter: asyncio.Future[None] | None = None
         self.paused = False
@@ -84,5 +85,13 @@ class WriteFlow:
         if not self.paused:
             return READY
         if self._waiter is None:
-            self._waiter = self._loop.create_future()
+            loop = self._loop
+            assert loop is not None, "UNPAUSED is never paused"
+            self._waiter = loop.create_future()
         return as_coroutine(self._waiter)
+
+
+# The flow of every HTTP connection until its transport first asks it to pause: never paused
+# itself, it saves an object per connection (most never pause). Whoever pauses replaces it
+# with a `WriteFlow` of its own, so code that waits must read the connection's `flow` anew.
+UNPAUSED: Final = WriteFlow(None)

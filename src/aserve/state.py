@@ -32,6 +32,7 @@ class ServerState:
         "access_log",
         "app",
         "base_context",
+        "callback_context",
         "clock",
         "config",
         "connections",
@@ -47,6 +48,7 @@ class ServerState:
         "limit_request_line",
         "loop",
         "metrics",
+        "parser_callbacks",
         "root_path",
         "shutting_down",
         "tasks",
@@ -74,6 +76,15 @@ class ServerState:
         # Every app call runs in a fresh copy of this: what was set up before the server
         # started (tracing, logging context) is visible; nothing leaks between requests.
         self.base_context = base_context if base_context is not None else contextvars.copy_context()
+        # What the connections' own callbacks (their timers, a head flushed a turn later) run
+        # in: one context for all, never an app's. Without it asyncio copies the current
+        # context for every timer: one more object per connection for the garbage collector,
+        # and a copy of the last request's context (whatever the app put in it) kept alive
+        # for as long as the connection stays idle.
+        self.callback_context = self.base_context.copy()
+        # The HTTP protocol's parser callbacks, shared by the connections of this server
+        # (protocols/http.py, `ParserCallbacks`); made by the first connection.
+        self.parser_callbacks: Any = None
         self.lifespan_state: dict[str, Any] = lifespan_state if lifespan_state is not None else {}
         self.connections: set[Any] = set()
         self.tasks: set[asyncio.Task[Any]] = set()

@@ -400,10 +400,10 @@ async def _transport_empty(cycle: RequestCycle) -> None:
     low, high = transport.get_write_buffer_limits()
     transport.set_write_buffer_limits(high=0, low=0)
     try:
-        flow = conn.flow
         while transport.get_write_buffer_size():
             if cycle.disconnected or transport.is_closing():
                 raise ClientDisconnected("the client closed the connection")
+            flow = conn.flow  # read anew: the first pause gives the connection its own
             if flow.paused:
                 await flow.drained()
             else:
@@ -417,7 +417,6 @@ async def _copy_by_reading(cycle: RequestCycle, fd: int, offset: int, count: int
     """The file through the transport, read off the event loop, under its flow control."""
     conn = cycle.conn
     loop = conn.loop
-    flow = conn.flow
     sent = 0
     while sent < count:
         data = await loop.run_in_executor(
@@ -429,6 +428,7 @@ async def _copy_by_reading(cycle: RequestCycle, fd: int, offset: int, count: int
             raise ClientDisconnected("the client closed the connection")
         conn.write(data)
         sent += len(data)
+        flow = conn.flow  # read anew: the first pause gives the connection its own
         if flow.paused:
             await flow.drained()
     return sent

@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import re
-from typing import TYPE_CHECKING, Any, Final
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any, Final, final
 from urllib.parse import unquote
 
 import httptools
 
 from aserve.asgi import ASGI_VERSION, HTTP_SPEC_VERSION, ClientDisconnected, InvalidResponse
-from aserve.flow_control import READY, WriteFlow
+from aserve.flow_control import READY, UNPAUSED, WriteFlow
 from aserve.logging import error_logger
 from aserve.protocols.body import receive_body
 from aserve.protocols.extensions import accepts_trailers, send_extension
@@ -289,7 +290,12 @@ class RequestCycle:
         if not conn.dispatching:
             # The app runs outside the eager start; make sure the head goes out this loop turn
             # even if the body comes much later (server-sent events, long polls).
-            conn.loop.call_soon(self._flush_head_soon, asyncio.current_task(conn.loop))
+            loop = conn.loop
+            loop.call_soon(
+                self._flush_head_soon,
+                asyncio.current_task(loop),
+                context=conn.state.callback_context,
+            )
 
     def _flush_head_soon(self, task: Any) -> None:
         """The head, a loop turn after the start, if the app is still running: an app that
@@ -414,15 +420,77 @@ class RequestCycle:
         self._body(body, False)
 
 
+@final
+class ParserCallbacks:
+    """httptools' callbacks, one object for all the connections of a server.
+
+    httptools keeps a bound method for each callback it finds on the object it parses for:
+    five objects per connection, each tracked by the cyclic garbage collector, whose full
+    passes visit every one (docs/performance.md). Every parser of a server gets this one
+    object instead, and `data_received` points it at its connection for the length of
+    `feed_data`: the callbacks only run inside that call, synchronously, and none of them runs
+    the app or anything else that could feed another connection's parser meanwhile. (One per
+    server, as a server's connections share one event loop and thread.)
+    """
+
+    __slots__ = ("conn", "for_parser")
+
+    def __init__(self) -> None:
+        self.conn: HttpProtocol | None = None
+        # What the parsers are given: httptools takes each callback with `getattr`, and a
+        # method looked up on this object would be bound anew, per parser.
+        self.for_parser = SimpleNamespace(
+            on_url=self.on_url,
+            on_header=self.on_header,
+            on_headers_complete=self.on_headers_complete,
+            on_body=self.on_body,
+            on_message_complete=self.on_message_complete,
+        )
+
+    def on_url(self, url: bytes) -> None:
+        conn = self.conn
+        assert conn is not None
+        conn.on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        conn = self.conn
+        assert conn is not None
+        conn.on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        conn = self.conn
+        assert conn is not None
+        conn.on_headers_complete()
+
+    def on_body(self, body: bytes) -> None:
+        conn = self.conn
+        assert conn is not None
+        conn.on_body(body)
+
+    def on_message_complete(self) -> None:
+        conn = self.conn
+        assert conn is not None
+        conn.on_message_complete()
+
+
 class HttpProtocol(asyncio.Protocol):
-    """The state machine of one HTTP/1.1 connection (see the module docstring)."""
+    """The state machine of one HTTP/1.1 connection (see the module docstring).
+
+    An idle connection holds few objects the cyclic garbage collector tracks (its full passes
+    visit them all, with every connection held: docs/performance.md): the parser's callbacks
+    are shared (`ParserCallbacks`), its timer calls the protocol itself (`__call__`) in the
+    server's `callback_context`, the write batch and the header list exist only while in use,
+    and `flow` is the shared `UNPAUSED` until the transport first pauses us.
+    """
 
     __slots__ = (
         "_active",
         "_batch",
+        "_batch_first",
         "_batch_size",
         "_body_read_at",
         "_body_received",
+        "_callbacks",
         "_closed",
         "_content_length",
         "_expect_100",
@@ -470,7 +538,11 @@ class HttpProtocol(asyncio.Protocol):
         self.loop = state.loop
         # (client, server) from a PROXY protocol header; None: the socket's own addresses.
         self._given_addresses = addresses
-        self.parser = httptools.HttpRequestParser(self)
+        callbacks = state.parser_callbacks
+        if callbacks is None:
+            callbacks = state.parser_callbacks = ParserCallbacks()
+        self._callbacks: ParserCallbacks = callbacks
+        self.parser = httptools.HttpRequestParser(callbacks.for_parser)
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self.server: tuple[str, int] | None = None
         self.client: tuple[str, int] | None = None
@@ -481,10 +553,13 @@ class HttpProtocol(asyncio.Protocol):
         # holds, beside some 300 ms to answer them.
         self._queue: list[RequestCycle] = []
         self._active: RequestCycle | None = None
-        self._batch: list[bytes] = []
+        # What `write` holds back while dispatching: the first piece alone (most often the
+        # only one: no list per request), then all of them in a list.
+        self._batch_first: bytes | None = None
+        self._batch: list[bytes] | None = None
         self._batch_size = 0
         self._parsing: RequestCycle | None = None
-        self._headers: list[tuple[bytes, bytes]] = []
+        self._headers: list[tuple[bytes, bytes]] | None = None  # from the head's first field
         self._url = b""
         self._line_chunk: bytes | None = None
         self._expect_100 = False
@@ -511,7 +586,7 @@ class HttpProtocol(asyncio.Protocol):
         self._extensions: dict[str, Any] = state.http_scope_template["extensions"]
         self._proxy: TrustedProxies | None = None
         self._paused = 0
-        self.flow = WriteFlow(self.loop)
+        self.flow = UNPAUSED  # a WriteFlow of its own once the transport pauses us
         self._closed = False
         # Deadlines, all kept by one timer per connection, re-armed from these timestamps (see
         # `_on_timer`): no timer object per request.
@@ -572,14 +647,19 @@ class HttpProtocol(asyncio.Protocol):
         # request line or with the blank lines allowed before one (see `_http_version`).
         self._line_chunk = data if not self._url and self._parsing is None else None
         self._raw += len(data)
+        callbacks = self._callbacks
+        callbacks.conn = self  # the parser's callbacks are ours until feed_data returns
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
+            callbacks.conn = None
             self._handle_upgrade(data[upgrade.args[0] :] if upgrade.args else b"")
         except httptools.HttpParserError as exc:
+            callbacks.conn = None
             status, reason = classify(exc)
             self._reject(status, reason)
         else:
+            callbacks.conn = None
             if self._raw:  # the read ended inside a head, or between two pieces of a body
                 self._check_raw()
             if self._parsing is not None:  # the read ended inside a body
@@ -591,7 +671,10 @@ class HttpProtocol(asyncio.Protocol):
         return None  # close our side too; an in-flight response's cycle sees the disconnect
 
     def pause_writing(self) -> None:
-        self.flow.pause()
+        flow = self.flow
+        if flow is UNPAUSED:
+            flow = self.flow = WriteFlow(self.loop)
+        flow.pause()
 
     def resume_writing(self) -> None:
         self.flow.resume()
@@ -634,7 +717,12 @@ class HttpProtocol(asyncio.Protocol):
             self._transfer_encoding = value  # llhttp refuses a second one
         elif size == 2 and name == b"te":
             self._te = value if self._te is None else self._te + b"," + value
-        self._headers.append((name, value))
+        headers = self._headers
+        if headers is None:
+            # (Not `[(name, value)]`: a list made empty allocates its items on the first
+            # append only, where a list display allocates for one item and grows at once.)
+            headers = self._headers = []
+        headers.append((name, value))
 
     def _fields_too_large(self, line: int) -> None:
         state = self.state
@@ -674,6 +762,8 @@ class HttpProtocol(asyncio.Protocol):
         version_at = len(raw_method) + len(target) + 2
         http_version = self._http_version(version_at)
         headers = self._headers
+        if headers is None:
+            headers = []
         expect_100 = self._expect_100
         forwarded = self._forwarded
         upgrade_offer = self._upgrade_offer
@@ -682,7 +772,7 @@ class HttpProtocol(asyncio.Protocol):
         head_size = self._head_size
         # Ready for the next request head (no on_message_begin: one Python call less each).
         self._url = b""
-        self._headers = []
+        self._headers = None
         self._expect_100 = self._forwarded = False
         self._upgrade_offer = None
         self._host = None
@@ -868,7 +958,7 @@ class HttpProtocol(asyncio.Protocol):
                     self._switch_to_websocket()
         finally:
             self.dispatching = False
-            if self._batch:
+            if self._batch_first is not None:
                 self._flush()
 
     def _app(self) -> ASGIApp:
@@ -920,7 +1010,15 @@ class HttpProtocol(asyncio.Protocol):
         if self._closed:
             return
         if self.dispatching:
-            self._batch.append(data)
+            first = self._batch_first
+            if first is None:
+                self._batch_first = data
+            else:
+                batch = self._batch
+                if batch is None:
+                    self._batch = [first, data]
+                else:
+                    batch.append(data)
             self._batch_size += len(data)
             if self._batch_size >= WRITE_BATCH_LIMIT:
                 self._flush()
@@ -928,10 +1026,13 @@ class HttpProtocol(asyncio.Protocol):
             self.transport.write(data)
 
     def _flush(self) -> None:
-        batch = self._batch
-        if batch:
-            data = batch[0] if len(batch) == 1 else b"".join(batch)
-            self._batch = []
+        data = self._batch_first
+        if data is not None:
+            self._batch_first = None
+            batch = self._batch
+            if batch is not None:
+                data = b"".join(batch)
+                self._batch = None
             self._batch_size = 0
             if not self._closed:
                 self.transport.write(data)
@@ -961,7 +1062,13 @@ class HttpProtocol(asyncio.Protocol):
                 return
             timer.cancel()
         self._timer_at = deadline
-        self._timer = self.loop.call_at(deadline, self._on_timer)
+        # The protocol itself as the callback, in the server's context: no bound method and no
+        # context copy per connection (see the class docstring).
+        self._timer = self.loop.call_at(deadline, self, context=self.state.callback_context)
+
+    def __call__(self) -> None:
+        """The connection's timer fires (`_arm`)."""
+        self._on_timer()
 
     def _on_timer(self) -> None:
         """Every deadline of the connection, decided from its state and timestamps:
