@@ -342,7 +342,6 @@ def test_worker_restarts_are_counted_by_the_supervisor_and_shown_by_every_worker
         (None, None, "starting", "start_failed"),
         (START_KILLED, None, "starting", "start_failed"),  # --timeout-worker-startup
         ("blocked", None, "serving", "blocked"),
-        ("did not start", None, "starting", "start_failed"),  # --timeout-worker-startup
         ("replaced", "served 1000 requests", "serving", "max_requests"),
         ("replaced", "uses 300 MB, over --limit-worker-memory", "serving", "memory"),
         ("reload", None, "serving", "reload"),
