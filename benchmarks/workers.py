@@ -431,11 +431,9 @@ def format_table(summary, args):
 def callgrind_run(variant, args, duration, directory):
     """Whole-life instructions of every process of one server run under callgrind."""
     directory.mkdir(parents=True, exist_ok=True)
-    # Every process of the server on core 0, wrk alone on core 1: how many requests each
-    # event-loop wake-up finds ready (and so the loop's own instructions per request) then
-    # depends less on where the scheduler put the server.
+    # Unpinned: with every process on one core, two workers under callgrind took 153k
+    # instructions per request (switching between them on every wake-up), one 40-53k.
     wrapper = [
-        *["taskset", "-c", "0"],
         "valgrind",
         "--tool=callgrind",
         "--trace-children=yes",
