@@ -25,8 +25,10 @@ import pytest
 from aserve import preload as preload_module
 from aserve.config import Config, ConfigError
 from aserve.supervisor import (
+    REPLACE_RETRY,
     STARTING,
     CrashLoop,
+    Supervisor,
     Worker,
     describe_status,
     heartbeat_interval,
@@ -303,6 +305,96 @@ def test_only_a_worker_still_starting_and_not_stopped_is_overdue():
     worker.stop_reason = None
     worker.state = "serving"
     assert not startup_overdue(worker, 5.0, 200.0)
+
+
+class FakeSupervisor:
+    """A `Supervisor` whose workers are records, not processes: signals are only noted."""
+
+    STACK = '  File "/srv/main.py", line 3 in <module>\n'
+
+    def __init__(self, monkeypatch, **settings) -> None:
+        monkeypatch.delenv("WEB_CONCURRENCY", raising=False)
+        config = Config(app="m:a", workers=2, timeout_worker_healthcheck=1, **settings)
+        self.sup = Supervisor(config, [])
+        self.signals: list[tuple[int, int]] = []
+        monkeypatch.setattr(self.sup, "_kill", lambda w, sig: self.signals.append((w.pid, sig)))
+        monkeypatch.setattr(self.sup, "_read_stack", lambda w: self.STACK)
+
+    def worker(self, pid: int, purpose: str = "start", state: str = STARTING, **kw) -> Worker:
+        worker = Worker(pid - 100, pid, -1, -1, purpose, started_at=0.0, state=state, **kw)
+        self.sup.workers.append(worker)
+        return worker
+
+
+@pytest.fixture
+def fake_supervisor(monkeypatch):
+    made: list[FakeSupervisor] = []
+
+    def make(**settings) -> FakeSupervisor:
+        made.append(FakeSupervisor(monkeypatch, **settings))
+        return made[-1]
+
+    yield make
+    for fake in made:
+        fake.sup._close()  # its wake-up pipe and selector
+
+
+def test_a_worker_past_its_start_deadline_is_dumped_killed_and_counted_once(fake_supervisor):
+    fake = fake_supervisor(timeout_worker_startup=5)
+    sup = fake.sup
+    slow = fake.worker(101)
+    slow.last_beat = 0.0  # no heartbeat yet (still importing): only the deadline applies
+    sup._check_health(4.0)
+    assert fake.signals == [] and sup.crash_loop.failures == 0
+    sup._check_health(5.5)
+    assert fake.signals == [(101, signal.SIGUSR1), (101, signal.SIGKILL)]
+    assert sup.crash_loop.failures == 1 and sup.respawn_at[1] > 5.5  # retried after a backoff
+    assert fake.STACK.strip() in slow.error and "--timeout-worker-startup" in slow.error
+    sup._check_health(9.0)  # killed already: not again
+    assert len(fake.signals) == 2
+    sup._exited(slow, signal.SIGKILL, 9.0)  # its exit is not a second failure, nor a death
+    assert sup.crash_loop.failures == 1 and not sup.deaths and slow not in sup.workers
+
+
+def test_a_starting_worker_whose_loop_beat_then_went_silent_is_blocked(fake_supervisor):
+    fake = fake_supervisor(timeout_worker_startup=60)
+    sup = fake.sup
+    quiet = fake.worker(101)  # its loop never ran: left to the start deadline
+    beating = fake.worker(102, beating=True, last_beat=10.0)
+    sup._check_health(11.5)
+    assert fake.signals == [(102, signal.SIGUSR1), (102, signal.SIGKILL)]
+    assert "blocked during start-up" in beating.error and sup.crash_loop.failures == 1
+    assert quiet.stop_reason is None
+
+
+def test_a_replacement_past_its_deadline_aborts_the_reload_or_retries_recycling(fake_supervisor):
+    fake = fake_supervisor(timeout_worker_startup=5)
+    sup = fake.sup
+    old1 = fake.worker(101, state="serving", last_beat=100.0)
+    old2 = fake.worker(102, state="serving", last_beat=100.0)
+    sup.reloading, sup.reload_queue = True, [old2]
+    fake.worker(201, "reload", replaces=old1)
+    sup._check_health(6.0)
+    assert not sup.reloading and sup.reload_queue == []  # aborted, old2 not replaced either
+    assert old1.stop_reason is None and old2.stop_reason is None  # the old workers serve
+    assert sup.crash_loop.failures == 0  # a failed reload is not a crash loop
+    old1.retire = "served 1000 requests"
+    fake.worker(202, "recycle", replaces=old1)
+    sup._check_health(6.0)
+    assert old1.retry_at == 6.0 + REPLACE_RETRY and old1.stop_reason is None
+
+
+def test_giving_up_stops_counting_the_workers_still_starting(fake_supervisor):
+    fake = fake_supervisor(timeout_worker_startup=5)
+    sup = fake.sup
+    sup.crash_loop.failures = sup.crash_loop.limit - 1
+    first = fake.worker(101)
+    second = fake.worker(102, beating=True, last_beat=4.0)  # its loop is silent too
+    sup._check_health(6.0)
+    assert sup.stopping == "graceful" and "failed to start 5 times" in sup.failure
+    assert first.killed and not second.killed  # asked to stop (SIGTERM), not counted
+    assert (102, signal.SIGTERM) in fake.signals
+    assert sup.crash_loop.failures == sup.crash_loop.limit
 
 
 def test_timeout_worker_startup_is_validated_and_can_be_turned_off(monkeypatch):

@@ -519,7 +519,7 @@ class Supervisor:
     def _check_health(self, now: float) -> None:
         timeout = self.config.timeout_worker_healthcheck
         for worker in list(self.workers):
-            if worker.killed:
+            if worker.killed or self.stopping is not None:  # a failure may just have given up
                 continue
             # A starting worker beats as soon as its event loop runs (lifespan startup): from
             # then on a silent loop is blocked, starting or not.
