@@ -8,12 +8,8 @@ so `aserve/__init__.py` calls `select()` first thing.
 
 from __future__ import annotations
 
-import importlib.abc
-import importlib.machinery
-import importlib.util
 import os
 import sys
-from pathlib import Path
 
 # Keep in step with COMPILED_MODULES in setup.py (tests/test_build.py checks that they agree).
 HOT_PATH_MODULES = (
@@ -30,17 +26,24 @@ def source_requested() -> bool:
     return os.environ.get("ASERVE_NO_EXTENSIONS", "") not in ("", "0")
 
 
-class _SourceFinder(importlib.abc.MetaPathFinder):
-    """Finds the `.py` file of a hot-path module even where a compiled one sits beside it."""
+class _SourceFinder:
+    """Finds the `.py` file of a hot-path module even where a compiled one sits beside it.
+
+    A meta path finder needs only `find_spec` (no `importlib.abc` base class, whose import
+    pulls in `importlib.resources`, `tempfile` and more: a cost paid at every start-up).
+    """
 
     def find_spec(self, fullname, path, target=None):  # type: ignore[no-untyped-def]
         if fullname not in HOT_PATH_MODULES:
             return None
+        import importlib.machinery
+        import importlib.util
+
         leaf = fullname.rpartition(".")[2] + ".py"
         for entry in path or ():
-            source = Path(entry) / leaf
-            if source.is_file():
-                loader = importlib.machinery.SourceFileLoader(fullname, str(source))
+            source = os.path.join(entry, leaf)
+            if os.path.isfile(source):
+                loader = importlib.machinery.SourceFileLoader(fullname, source)
                 return importlib.util.spec_from_file_location(fullname, source, loader=loader)
         return None
 

@@ -10,7 +10,6 @@ from typing import Any
 
 from aserve.config import Config
 from aserve.logging import configure_logging
-from aserve.reload import run_reloader
 from aserve.server import Server
 from aserve.supervisor import supervise
 
@@ -27,6 +26,8 @@ def serve(app: Any, **options: Any) -> None:
     config = Config(app, **options)
     configure_logging(config.log_config, config.log_level, config.access_log, config.log_format)
     if config.reload:
+        from aserve.reload import run_reloader  # multiprocessing and more: not at every start
+
         run_reloader(config)
         return
     if config.supervised:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import collections.abc
 import dataclasses
-import difflib
 import os
 import tomllib
 import types
@@ -117,6 +116,8 @@ def from_pyproject(path: Path) -> dict[str, Setting]:
 
 
 def _did_you_mean(word: str, choices: list[str]) -> str:
+    import difflib  # only on an error
+
     close = difflib.get_close_matches(word, choices, n=1)
     return f" (did you mean {close[0]}?)" if close else ""
 
