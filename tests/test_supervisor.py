@@ -955,6 +955,26 @@ def test_preload_calls_a_factory_once_and_hands_workers_the_object(monkeypatch, 
     assert worker_config.preload  # the supervisor still knows (SIGHUP's note)
 
 
+def test_preload_failure_of_a_factory_is_one_line_after_its_traceback(
+    monkeypatch, tmp_path, caplog
+):
+    (tmp_path / "failing_factory.py").write_text(
+        "def make_app():\n    raise RuntimeError('no database configured')\n"
+    )
+    monkeypatch.setattr(preload_module, "freeze", lambda: None)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    config = Config(app="failing_factory:make_app", factory=True, app_dir=str(tmp_path))
+    try:
+        with pytest.raises(preload_module.PreloadFailure) as failure:
+            preload_module.preload(config)
+    finally:
+        sys.modules.pop("failing_factory", None)
+    assert str(failure.value) == (
+        "could not load the app (--preload): RuntimeError: no database configured"
+    )
+    assert "Traceback" in caplog.text and "failing_factory.py" in caplog.text
+
+
 def test_preload_warns_about_threads_the_import_started(monkeypatch, tmp_path, caplog):
     (tmp_path / "threaded_app.py").write_text(
         "import threading\n"
