@@ -13,11 +13,12 @@ import time
 from conftest import read_response, serve
 
 CONNECTIONS = 200
-# Tracked objects per idle connection, the server's alone, a little above what it is today
-# (uvloop 11: protocol, parser, request queue, timer handle and its libuv timer, transport,
-# its write list and context, the socket, uvloop's weak reference to it and its cached
-# `data_received`; asyncio 18: its transport, selector key and handles hold more).
-BOUND = {"uvloop": 12, "asyncio": 20}
+# Tracked objects per idle connection, the server's alone, with a margin above today's (other
+# threads of a test run allocate meanwhile: up to 0.1 a connection seen)
+# (uvloop 10: protocol, parser, timer handle and its libuv timer, transport, its write list
+# and context, the socket, uvloop's weak reference to it and its cached `data_received`;
+# asyncio 17: its transport, selector key and handles hold more).
+BOUND = {"uvloop": 12, "asyncio": 19}
 
 
 async def hello(scope, receive, send):

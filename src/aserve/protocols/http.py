@@ -7,7 +7,7 @@ so a request that needs no I/O is answered inside `data_received`.
 
 Connection states, derived from the fields rather than stored twice:
   idle    no request in progress; the keep-alive timer may close the connection
-  busy    a request is being answered (`_active`) or waits its turn (`_queue`)
+  busy    a request is being answered (`_active`) or waits its turn (`_next`, `_later`)
   closed  the transport is gone (`_closed`)
 """
 
@@ -503,12 +503,13 @@ class HttpProtocol(asyncio.Protocol):
         "_headers",
         "_host",
         "_idle_since",
+        "_later",
         "_line_chunk",
+        "_next",
         "_parsing",
         "_paused",
         "_pending_error",
         "_proxy",
-        "_queue",
         "_raw",
         "_rejected",
         "_request_started",
@@ -547,11 +548,14 @@ class HttpProtocol(asyncio.Protocol):
         self.server: tuple[str, int] | None = None
         self.client: tuple[str, int] | None = None
         self.scheme = "http"
-        # A list, not a deque: an empty deque costs 760 bytes per idle connection, and the
-        # queue rarely holds more than one request. A pipelined burst parsed from one read can
-        # queue thousands; pop(0) then costs about 16 ms for the 14k requests a 256 KiB read
-        # holds, beside some 300 ms to answer them.
-        self._queue: list[RequestCycle] = []
+        # The requests waiting their turn, in order: the next one in a slot, the ones after
+        # it (pipelining only) in a list made when first needed, so that a connection that
+        # never pipelines has no list for the garbage collector to visit. A list, not a
+        # deque: the queue rarely holds more than one request. A pipelined burst parsed from
+        # one read can queue thousands; pop(0) then costs about 16 ms for the 14k requests a
+        # 256 KiB read holds, beside some 300 ms to answer them.
+        self._next: RequestCycle | None = None
+        self._later: list[RequestCycle] | None = None
         self._active: RequestCycle | None = None
         # What `write` holds back while dispatching: the first piece alone (most often the
         # only one: no list per request), then all of them in a list.
@@ -632,10 +636,12 @@ class HttpProtocol(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        for cycle in (self._active, self._parsing, *self._queue):
+        later = self._later or []
+        for cycle in (self._active, self._parsing, self._next, *later):
             if cycle is not None:
                 cycle.lose_connection()
-        self._queue.clear()
+        self._next = None
+        self._later = None
         self.flow.resume()  # a waiting sender wakes and finds its cycle disconnected
 
     def data_received(self, data: bytes) -> None:
@@ -850,9 +856,15 @@ class HttpProtocol(asyncio.Protocol):
             if state.metrics is not None:
                 state.metrics.request_received()
         self._parsing = cycle
-        self._queue.append(cycle)
-        if len(self._queue) > PIPELINE_HIGH_WATER:
-            self.pause_reading(_PAUSED_FOR_PIPELINE)
+        if self._next is None:
+            self._next = cycle
+        else:
+            later = self._later
+            if later is None:
+                later = self._later = []
+            later.append(cycle)
+            if len(later) >= PIPELINE_HIGH_WATER:  # and `_next`: more than the high water
+                self.pause_reading(_PAUSED_FOR_PIPELINE)
 
     def _check_framing(self, http_version: str, host: bytes | None) -> None:
         """The rules for a head that is not HTTP/1.1 with a Host and without
@@ -927,11 +939,12 @@ class HttpProtocol(asyncio.Protocol):
             return
         self.dispatching = True
         try:
-            queue = self._queue
             state = self.state
             tasks = state.tasks
-            while self._active is None and queue:
-                cycle = queue.pop(0)
+            while self._active is None and self._next is not None:
+                cycle = self._next
+                later = self._later
+                self._next = later.pop(0) if later else None
                 self._active = cycle
                 # The cycle itself is the app's `send` (see `RequestCycle.__call__`).
                 task = start_app(
@@ -948,9 +961,9 @@ class HttpProtocol(asyncio.Protocol):
                         self._arm(self._request_started + state.timeout_request)
                 if cycle.started and not cycle.head_written and not cycle.disconnected:
                     cycle.flush_head()  # the app paused between start and body
-            if self._paused & _PAUSED_FOR_PIPELINE and len(queue) <= PIPELINE_HIGH_WATER // 2:
+            if self._paused & _PAUSED_FOR_PIPELINE and self._queued() <= PIPELINE_HIGH_WATER // 2:
                 self.resume_reading(_PAUSED_FOR_PIPELINE)
-            if self._active is None and not queue:
+            if self._active is None and self._next is None:
                 if self._pending_error is not None:
                     self._send_error_and_close(self._pending_error)
                 elif self._websocket_trailing is not None and not self._closed:
@@ -973,7 +986,7 @@ class HttpProtocol(asyncio.Protocol):
             self._active = None
         if self._closed:
             return
-        if not cycle.keep_alive or (self.state.shutting_down and not self._queue):
+        if not cycle.keep_alive or (self.state.shutting_down and self._next is None):
             self._close()
             return
         if cycle.body_size > BODY_HIGH_WATER:
@@ -984,6 +997,25 @@ class HttpProtocol(asyncio.Protocol):
         self._arm(self._idle_since + self.state.timeout_keep_alive)
         if not self.dispatching:  # else the dispatch loop below us takes the next request
             self._run_queue()
+
+    def _queued(self) -> int:
+        """How many requests wait their turn."""
+        if self._next is None:
+            return 0
+        later = self._later
+        return 1 + len(later) if later is not None else 1
+
+    def _unqueue(self, cycle: RequestCycle) -> bool:
+        """Take `cycle` out of the requests waiting their turn; False if it is not there."""
+        if self._next is cycle:
+            later = self._later
+            self._next = later.pop(0) if later else None
+            return True
+        later = self._later
+        if later is not None and cycle in later:
+            later.remove(cycle)
+            return True
+        return False
 
     # -- flow control ----------------------------------------------------------------------
 
@@ -1051,7 +1083,7 @@ class HttpProtocol(asyncio.Protocol):
     def shutdown(self) -> None:
         """Graceful shutdown: close if idle, else close after the requests already read."""
         self.pause_reading(_PAUSED_FOR_SHUTDOWN)
-        if self._active is None and not self._queue:
+        if self._active is None and self._next is None:
             self._close()
 
     def _arm(self, deadline: float) -> None:
@@ -1087,7 +1119,7 @@ class HttpProtocol(asyncio.Protocol):
         state = self.state
         now = self.loop.time()
         active = self._active
-        if active is None and not self._queue and self._parsing is None:
+        if active is None and self._next is None and self._parsing is None:
             started = self._head_started
             if started:
                 deadline = started + state.timeout_request_header
@@ -1175,14 +1207,14 @@ class HttpProtocol(asyncio.Protocol):
             # The error is inside this request's body: for its app, the client went away.
             self._parsing = None
             parsing.lose_connection()
-            if parsing in self._queue:
-                self._queue.remove(parsing)  # not started: the error is its answer
-            elif parsing.started or parsing.complete:
-                self.abort()  # it has (part of) an answer already: a second one would lie
-                return
-            elif parsing is self._active:
-                self._active = None
-        if self._active is None and not self._queue:
+            # Still waiting its turn, it is taken out: not started, the error is its answer.
+            if not self._unqueue(parsing):
+                if parsing.started or parsing.complete:
+                    self.abort()  # it has (part of) an answer already: a second one would lie
+                    return
+                if parsing is self._active:
+                    self._active = None
+        if self._active is None and self._next is None:
             self._send_error_and_close(response)
         else:
             self._pending_error = response  # answered after the responses already owed
