@@ -24,6 +24,7 @@ class MemoryTransport(asyncio.Transport):
         super().__init__()
         self.data = bytearray()
         self.closed = False
+        self.eof = False  # our side shut down for writing (`write_eof`, a lingering close)
         self.paused = False
         self.protocol: Any = None
 
@@ -34,7 +35,14 @@ class MemoryTransport(asyncio.Transport):
 
     def write(self, data: Any) -> None:
         assert not self.closed, "write after close"
+        assert not self.eof, "write after write_eof"
         self.data += data
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        self.eof = True
 
     def is_closing(self) -> bool:
         return self.closed
@@ -112,7 +120,7 @@ async def exchange(pieces: Iterable[bytes], app: Any = None, **options: Any) -> 
     transport.protocol = protocol
     protocol.connection_made(transport)
     for piece in pieces:
-        if transport.closed:
+        if transport.closed or transport.eof:
             break
         transport.protocol.data_received(piece)
         await asyncio.sleep(0)
@@ -123,7 +131,7 @@ async def exchange(pieces: Iterable[bytes], app: Any = None, **options: Any) -> 
         transport.protocol.connection_lost(None)
     await asyncio.sleep(0)
     outcome.data = bytes(transport.data)
-    outcome.closed = transport.closed
+    outcome.closed = transport.closed or transport.eof  # the server's output has ended
     return outcome
 
 

@@ -7,6 +7,7 @@ limit, so a busy machine makes a test slower, never wrong.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -177,3 +178,202 @@ def test_deadline_settings_must_be_positive(option):
 
     with pytest.raises(ConfigError, match=option):
         Config(app=ok, **{option: 0})
+
+
+def test_head_deadline_counts_behind_a_request_still_being_answered():
+    # The next head's first bytes arrive with a request whose app takes longer than the head
+    # deadline: that head is late from its first byte; its 408 follows the answer owed first.
+    async def slow(scope, receive, send):
+        if scope["path"] == "/slow":
+            await asyncio.sleep(1.0)
+        await ok(scope, receive, send)
+
+    options = {"timeout_request_header": 0.3, "timeout_keep_alive": 30}
+    with serve(slow, **options) as server, server.connect(10) as sock:
+        start = time.monotonic()
+        sock.sendall(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\nGET /next HTTP/1.1\r\nHo")
+        data = read_until_close(sock, 20)
+        elapsed = time.monotonic() - start
+    assert data.startswith(b"HTTP/1.1 200 "), data
+    assert data.count(b"HTTP/1.1 408 Request Timeout\r\n") == 1, data
+    assert elapsed < 8  # not the keep-alive timeout
+
+
+# -- lingering close: the answers reach a client that is still sending ------------------------
+
+UPLOAD = 8 * 1024 * 1024
+BIG = b"y" * (256 * 1024)  # more than a client's receive window before it reads
+
+
+async def big_or_ok(scope, receive, send):
+    body = BIG if scope["path"] == "/big" else b"ok"
+    headers = [(b"content-length", b"%d" % len(body))]
+    if scope["path"] == "/close":  # refuses the upload without reading it
+        headers.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _upload(sock, head: bytes, size: int = UPLOAD) -> bytes:
+    """A blocking client that sends its whole body before it reads, as h11-based clients
+    (httpx, requests) do: what it reads back, then b"<reset>" if the connection was reset."""
+    sock.sendall(head)
+    chunk = b"x" * 65536
+    sent = 0
+    try:
+        while sent < size:
+            sock.sendall(chunk)
+            sent += len(chunk)
+    except OSError:
+        pass  # reset or broken pipe: whether the answers still arrive is the test
+    sock.settimeout(20)
+    data = b""
+    try:
+        while True:
+            more = sock.recv(65536)
+            if not more:
+                return data
+            data += more
+    except ConnectionResetError:
+        return data + b"<reset>"
+
+
+def _post(path: bytes, size: int = UPLOAD) -> bytes:
+    return b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % (path, size)
+
+
+def test_error_answer_and_earlier_answers_reach_a_client_still_uploading(loop_name):
+    # The answer to /big waits in our send buffer while the client, not reading, uploads a
+    # body over the limit; closing with that upload unread would reset the connection and
+    # drop the rest of /big and the 413 (it did, every time, before lingering close).
+    with serve(big_or_ok, loop=loop_name, limit_request_body=1024) as server:
+        for _ in range(5):
+            with server.connect(10) as sock:
+                data = _upload(sock, b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n" + _post(b"/"))
+            first, _, rest = data.partition(b"\r\n\r\n")
+            assert first.startswith(b"HTTP/1.1 200 "), data[:200]
+            assert rest[: len(BIG)] == BIG, (len(data), data[-200:])
+            assert rest[len(BIG) :].startswith(b"HTTP/1.1 413 Content Too Large\r\n"), data[-300:]
+            assert rest.endswith(b"request body too large.\n"), data[-200:]  # then a clean EOF
+
+
+def test_app_answer_that_closes_reaches_a_client_still_uploading(loop_name):
+    # The app answers without reading the body and closes the connection (`connection: close`).
+    with serve(big_or_ok, loop=loop_name) as server:
+        for _ in range(3):
+            with server.connect(10) as sock:
+                data = _upload(sock, b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n" + _post(b"/close"))
+            assert data.count(b"HTTP/1.1 200 ") == 2, data[-300:]
+            assert data.endswith(b"\r\n\r\nok"), data[-300:]
+
+
+def _wait_closed(server, timeout: float = 20) -> float:
+    """Seconds until the server holds no connection (polled)."""
+    start = time.monotonic()
+    while server.server.state.connections:
+        assert time.monotonic() - start < timeout, "the connection is still open"
+        time.sleep(0.02)
+    return time.monotonic() - start
+
+
+def test_lingering_reads_until_the_client_is_quiet():
+    with serve(ok, limit_request_body=1024) as server, server.connect(10) as sock:
+        sock.sendall(_post(b"/") + b"x" * 1000)
+        # Our side is shut down for writing once the answer is out: the client reads it to EOF
+        data = read_until_close(sock, 10)
+        assert data.startswith(b"HTTP/1.1 413 "), data
+        # ... and may go on sending for a while: read and dropped, no reset.
+        for _ in range(4):
+            sock.sendall(b"x" * 65536)
+            time.sleep(0.25)
+        quiet = _wait_closed(server)
+    assert 1.0 < quiet < 15  # LINGER_TIMEOUT (2 s) after the last bytes
+
+
+def test_lingering_ends_at_its_cap_for_a_client_that_keeps_sending():
+    with serve(ok, limit_request_body=1024) as server, server.connect(10) as sock:
+        sock.sendall(_post(b"/") + b"x" * 1000)
+        assert read_until_close(sock, 10).startswith(b"HTTP/1.1 413 ")
+        start = time.monotonic()
+        with contextlib.suppress(OSError):
+            while time.monotonic() - start < 30:
+                sock.sendall(b"x")  # never quiet for LINGER_TIMEOUT
+                time.sleep(0.3)
+                if not server.server.state.connections:
+                    break
+        elapsed = time.monotonic() - start
+    assert 7 < elapsed < 25  # LINGER_TIME (10 s) from the answer
+
+
+def test_graceful_shutdown_does_not_wait_for_a_lingering_connection():
+    stop = threading.Event()
+    with serve(ok, limit_request_body=1024) as server:
+        sock = server.connect(10)
+        sock.sendall(_post(b"/") + b"x" * 1000)
+        assert read_until_close(sock, 10).startswith(b"HTTP/1.1 413 ")
+
+        def trickle():  # keeps the lingering going, up to LINGER_TIME
+            with contextlib.suppress(OSError):
+                while not stop.wait(0.3):
+                    sock.sendall(b"x")
+
+        thread = threading.Thread(target=trickle)
+        thread.start()
+        time.sleep(0.5)
+        start = time.monotonic()
+    elapsed = time.monotonic() - start  # the server stopped (leaving the block)
+    stop.set()
+    thread.join()
+    sock.close()
+    assert elapsed < 6  # not LINGER_TIME
+
+
+def test_idle_keep_alive_close_does_not_linger():
+    options = {"timeout_keep_alive": 0.3}
+    with serve(ok, **options) as server, server.connect(10) as sock:
+        sock.sendall(HEAD)
+        assert read_response(sock).startswith(b"HTTP/1.1 200 ")
+        assert read_until_close(sock, 10) == b""
+        assert _wait_closed(server) < 1.0  # closed with the socket, not LINGER_TIMEOUT later
+
+
+@pytest.mark.parametrize(
+    "partial", [b"G", b"\r\nGET /nex", b"GET /next HTTP/1.1\r\nHost: x\r\nAcc"], ids=repr
+)
+def test_head_deadline_counts_from_a_head_begun_in_the_same_segment(partial):
+    # The end of one request and the first bytes of the next in one write, then nothing: the
+    # next head is late --timeout-request-header after that write. (Its deadline used to wait
+    # for a next read that never came: the keep-alive timeout closed it, without a 408.)
+    options = {"timeout_request_header": 0.5, "timeout_keep_alive": 30}
+    with serve(ok, **options) as server, server.connect(10) as sock:
+        start = time.monotonic()
+        sock.sendall(HEAD + partial)
+        data = read_until_close(sock, 20)
+        elapsed = time.monotonic() - start
+    assert data.startswith(b"HTTP/1.1 200 "), data
+    assert data.count(b"HTTP/1.1 408 Request Timeout\r\n") == 1, data
+    assert 0.4 < elapsed < 8
+
+
+def test_head_deadline_counts_from_a_head_begun_after_a_body_in_the_same_segment():
+    options = {"timeout_request_header": 0.5, "timeout_keep_alive": 30}
+    with serve(read_body, **options) as server, server.connect(10) as sock:
+        start = time.monotonic()
+        sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nabGET /n")
+        data = read_until_close(sock, 20)
+        elapsed = time.monotonic() - start
+    assert data.startswith(b"HTTP/1.1 200 "), data
+    assert data.count(b"HTTP/1.1 408 Request Timeout\r\n") == 1, data
+    assert 0.4 < elapsed < 8
+
+
+def test_a_body_that_ends_with_its_read_starts_no_head_deadline():
+    # A read that ends with the end of a body (whatever its last byte) begins no head: only
+    # the keep-alive timeout applies to the idle connection that follows.
+    options = {"timeout_request_header": 0.3, "timeout_keep_alive": 30}
+    with serve(read_body, **options) as server, server.connect(10) as sock:
+        sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nab")
+        assert read_response(sock).endswith(b"got 2")
+        time.sleep(1.0)
+        sock.sendall(HEAD)
+        assert read_response(sock).startswith(b"HTTP/1.1 200 ")

@@ -296,3 +296,46 @@ def test_bad_settings_are_one_line_errors(certs, tmp_path, options, error):
         _context(**options)
     assert error in str(info.value)
     assert "\n" not in str(info.value)
+
+
+def test_error_answer_reaches_a_client_still_uploading_over_tls(loop_name, certs):
+    # Lingering close without the half-close TLS cannot do: the 413 (and the large answer
+    # before it, still in our send buffer) must reach a client that sends its body before it
+    # reads, instead of a reset.
+    big = b"y" * (256 * 1024)
+
+    async def app(scope, receive, send):
+        headers = [(b"content-length", b"%d" % len(big))]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": big})
+
+    size = 4 * 1024 * 1024
+    head = b"GET / HTTP/1.1\r\nHost: x\r\n\r\nPOST / HTTP/1.1\r\nHost: x\r\n"
+    head += b"Content-Length: %d\r\n\r\n" % size
+    options = tls_options(certs, limit_request_body=1024)
+    with serve(app, loop=loop_name, **options) as server:
+        for _ in range(3):
+            with (
+                socket.create_connection(("127.0.0.1", server.port), timeout=10) as raw,
+                client_context(certs).wrap_socket(raw, server_hostname="localhost") as sock,
+            ):
+                sock.sendall(head)
+                chunk, sent = b"x" * 65536, 0
+                try:
+                    while sent < size:
+                        sock.sendall(chunk)
+                        sent += len(chunk)
+                except OSError:
+                    pass
+                data = b""
+                try:
+                    while not data.endswith(b"request body too large.\n"):
+                        more = sock.recv(65536)
+                        if not more:
+                            break
+                        data += more
+                except OSError as exc:
+                    data += repr(exc).encode()
+            assert data.startswith(b"HTTP/1.1 200 "), data[:200]
+            assert big in data, data[-200:]
+            assert b"HTTP/1.1 413 Content Too Large\r\n" in data, data[-300:]

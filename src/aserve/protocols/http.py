@@ -8,7 +8,8 @@ so a request that needs no I/O is answered inside `data_received`.
 Connection states, derived from the fields rather than stored twice:
   idle    no request in progress; the keep-alive timer may close the connection
   busy    a request is being answered (`_active`) or waits its turn (`_next`, `_later`)
-  closed  the transport is gone (`_closed`)
+  closed  the transport is gone (`_closed`), or is lingering (`_linger_end` set too): the last
+          answer is out, and what the client still sends is read and dropped before we close
 """
 
 from __future__ import annotations
@@ -64,6 +65,14 @@ BODY_HIGH_WATER: Final = 64 * 1024
 WRITE_BATCH_LIMIT: Final = 64 * 1024
 # Parsed requests waiting behind the one being answered before we stop reading.
 PIPELINE_HIGH_WATER: Final = 16
+
+# Lingering close (see `HttpProtocol._close_lingering`): after an answer that ends the
+# connection while the client may still be sending, what it sends is read and dropped until it
+# closes, stays quiet for LINGER_TIMEOUT seconds, or LINGER_TIME seconds have passed. nginx:
+# lingering_timeout 5 s, lingering_time 30 s; shorter here, as a client that has stopped
+# sending has its answer, and LINGER_TIME bounds what a trickling client may hold.
+LINGER_TIMEOUT: Final = 2.0
+LINGER_TIME: Final = 10.0
 
 _PAUSED_FOR_BODY: Final = 1
 _PAUSED_FOR_PIPELINE: Final = 2
@@ -366,8 +375,9 @@ class RequestCycle:
             payload = body
             if self.length_left >= 0:
                 self.length_left -= size
-        data = head + payload if head else payload
-        if data:
+        # len(), not truthiness: compiled, a bytes object's truth is a generic C-API call.
+        data = head + payload if len(head) > 0 else payload
+        if len(data) > 0:
             self.conn.write(data)
         self.bytes_sent += size
         if not more_body:
@@ -505,6 +515,7 @@ class HttpProtocol(asyncio.Protocol):
         "_idle_since",
         "_later",
         "_line_chunk",
+        "_linger_end",
         "_next",
         "_parsing",
         "_paused",
@@ -596,6 +607,7 @@ class HttpProtocol(asyncio.Protocol):
         # `_on_timer`): no timer object per request.
         self._idle_since = 0.0
         self._head_started = 0.0  # 0.0: no head in progress
+        self._linger_end = 0.0  # lingering close: when it ends at the latest (0.0: not lingering)
         self._body_read_at = 0.0
         self._request_started = 0.0
         self._request_task: asyncio.Task[Any] | None = None
@@ -648,10 +660,12 @@ class HttpProtocol(asyncio.Protocol):
         if self._upgrade is not None or self._rejected:
             # After an Upgrade we do not speak: the bytes are not HTTP requests. After an
             # error we never look for where a next request might begin.
+            if self._linger_end:
+                self._body_read_at = self.loop.time()  # still sending: see `_close_lingering`
             return
         # Between messages (no URL yet, no body being read), the chunk begins with the next
         # request line or with the blank lines allowed before one (see `_http_version`).
-        self._line_chunk = data if not self._url and self._parsing is None else None
+        self._line_chunk = data if len(self._url) == 0 and self._parsing is None else None
         self._raw += len(data)
         callbacks = self._callbacks
         callbacks.conn = self  # the parser's callbacks are ours until feed_data returns
@@ -668,8 +682,18 @@ class HttpProtocol(asyncio.Protocol):
             callbacks.conn = None
             if self._raw:  # the read ended inside a head, or between two pieces of a body
                 self._check_raw()
-            if self._parsing is not None:  # the read ended inside a body
+                if self._parsing is not None:
+                    self._body_pending()
+            elif self._parsing is not None:  # the read ended inside a body
                 self._body_pending()
+            elif len(self._url) > 0 or (
+                len(data) > 0 and data[-1] != 0x0A and self._body_received == 0  # LF
+            ):
+                # The read ended in the next request's head, begun after the last complete
+                # request (pipelined, or its first bytes in the same segment): on_url has seen
+                # part of its target, or the read ends in neither a bodiless head (CRLF) nor a
+                # body. Its deadline counts from this read.
+                self._head_began()
         self._line_chunk = None
         self._run_queue()
 
@@ -909,11 +933,10 @@ class HttpProtocol(asyncio.Protocol):
 
     def on_body(self, body: bytes) -> None:
         self._raw = 0
+        received = self._body_received = self._body_received + len(body)
         limit = self.state.limit_request_body
-        if limit is not None:
-            self._body_received += len(body)
-            if self._body_received > limit:
-                raise RequestRejected(CONTENT_TOO_LARGE, "request body too large")
+        if limit is not None and received > limit:
+            raise RequestRejected(CONTENT_TOO_LARGE, "request body too large")
         if self._parsing is not None:
             self._parsing.feed_body(body)
 
@@ -987,7 +1010,10 @@ class HttpProtocol(asyncio.Protocol):
         if self._closed:
             return
         if not cycle.keep_alive or (self.state.shutting_down and self._next is None):
-            self._close()
+            if self._parsing is not None or self._next is not None or self._paused:
+                self._close_lingering()  # the client may still be sending: a body, requests
+            else:
+                self._close()
             return
         if cycle.body_size > BODY_HIGH_WATER:
             cycle.chunks = []
@@ -1029,8 +1055,12 @@ class HttpProtocol(asyncio.Protocol):
             self._paused &= ~reason
             if not self._paused and not self._closed:
                 self.transport.resume_reading()
-                # The client was held back by us: its body's idle time starts again now.
-                self._body_read_at = self.loop.time()
+                # The client was held back by us: its body's idle time starts again now, and
+                # so does the deadline of a head it had begun.
+                now = self._body_read_at = self.loop.time()
+                if self._head_started:
+                    self._head_started = now
+                    self._arm(now + self.state.timeout_request_header)
 
     def write(self, data: bytes) -> None:
         """Write now, or batch while an eager app start is running (`dispatching`).
@@ -1073,6 +1103,56 @@ class HttpProtocol(asyncio.Protocol):
         if not self._closed:
             self._flush()
             self.transport.close()
+        elif self._linger_end:
+            self.transport.close()  # lingering (see `_close_lingering`) ends now
+
+    def _close_lingering(self) -> None:
+        """Close after an answer that ends the connection while the client may still be
+        sending (a body we refused or the app did not read, pipelined requests).
+
+        Closing a socket with unread bytes makes the kernel reset the connection and drop what
+        it has not sent yet: the client loses the end of the answers, or reads ECONNRESET in
+        their place. So, as nginx's lingering close: our side is shut down for writing (a FIN
+        after the answer; not on TLS, which cannot half-close), and what the client sends is
+        read and dropped, not parsed nor buffered, until it closes, stays quiet for
+        LINGER_TIMEOUT, or LINGER_TIME passes. The connection's one timer keeps both
+        deadlines; nothing is written, parsed or handed to an app any more. Not while shutting
+        down: that closes at once, as does `shutdown()` for a connection already lingering.
+        """
+        if self._closed:
+            return
+        transport = self.transport
+        if self.state.shutting_down or transport.is_closing():
+            self._close()
+            return
+        self._flush()
+        self._closed = True  # no more writes; `_close` still ends the lingering
+        self._rejected = True  # reads are dropped (`data_received`)
+        # For the apps, the connection is over: a body still arriving is not theirs any more.
+        parsing = self._parsing
+        if parsing is not None:
+            self._parsing = None
+            parsing.lose_connection()
+        later = self._later or []
+        for cycle in (self._next, *later):
+            if cycle is not None:
+                cycle.lose_connection()  # parsed, never answered
+        self._next = None
+        self._later = None
+        if transport.can_write_eof():
+            transport.write_eof()
+        transport.resume_reading()
+        now = self._body_read_at = self.loop.time()
+        self._linger_end = now + LINGER_TIME
+        self._arm(now + LINGER_TIMEOUT)
+
+    def _linger_timer(self) -> None:
+        now = self.loop.time()
+        deadline = min(self._body_read_at + LINGER_TIMEOUT, self._linger_end)
+        if now >= deadline:
+            self.transport.close()
+        else:
+            self._arm(deadline)
 
     # -- closing ---------------------------------------------------------------------------
 
@@ -1112,9 +1192,13 @@ class HttpProtocol(asyncio.Protocol):
                   has started, else close
         request   --timeout-request since the app was called without it starting a response:
                   503, the app cancelled
+        linger    after the last answer (see `_close_lingering`): LINGER_TIMEOUT since the
+                  client last sent, or LINGER_TIME in all: close
         """
         self._timer = None
         if self._closed:
+            if self._linger_end:
+                self._linger_timer()
             return
         state = self.state
         now = self.loop.time()
@@ -1158,6 +1242,18 @@ class HttpProtocol(asyncio.Protocol):
                         self._request_timed_out(active, task, timeout)
                         return
                     deadline = min(deadline, request_deadline)
+            started = self._head_started
+            if started and not self._paused:
+                # A head begun behind requests still being answered (pipelined): it is late
+                # from its first byte too; its 408 comes after the answers owed before it.
+                head_deadline = started + state.timeout_request_header
+                if now >= head_deadline:
+                    self._head_started = 0.0
+                    self._reject(REQUEST_TIMEOUT, "the request head did not arrive in time")
+                    if self._closed:
+                        return
+                else:
+                    deadline = min(deadline, head_deadline)
         self._arm(deadline)
 
     def _request_timed_out(
@@ -1188,6 +1284,13 @@ class HttpProtocol(asyncio.Protocol):
             # A head began: it must be complete within --timeout-request-header of now.
             self._head_started = self.loop.time()
             self._arm(self._head_started + self.state.timeout_request_header)
+
+    def _head_began(self) -> None:
+        """A head began after the end of the last request in the same read: httptools holds
+        its first bytes (at least one; `_raw` counts those of later reads), and its deadline
+        runs from now, not from the next read."""
+        self._raw = 1
+        self._check_raw()
 
     def _body_pending(self) -> None:
         """A body is still arriving: the client may not go quiet for longer than
@@ -1221,12 +1324,12 @@ class HttpProtocol(asyncio.Protocol):
 
     def _send_error_and_close(self, response: bytes) -> None:
         self._pending_error = None
-        if self.transport.is_closing():
+        if self._closed or self.transport.is_closing():
             return  # the last response said the connection ends there (HTTP/1.0, close)
         if self.state.metrics is not None:
             self.state.metrics.error_response(int(response[9:12]))
         self.write(response)
-        self._close()
+        self._close_lingering()
 
     def _handle_upgrade(self, trailing: bytes) -> None:
         # Only a WebSocket handshake switches protocols; any other Upgrade is answered as plain
