@@ -253,7 +253,7 @@ def test_error_answer_and_earlier_answers_reach_a_client_still_uploading(loop_na
             first, _, rest = data.partition(b"\r\n\r\n")
             assert first.startswith(b"HTTP/1.1 200 "), data[:200]
             assert rest[: len(BIG)] == BIG, (len(data), data[-200:])
-            assert rest[len(BIG) :].startswith(b"HTTP/1.1 413 Content Too Large\r\n"), data[-300:]
+            assert rest[len(BIG) :].startswith(b"HTTP/1.1 413 "), data[-300:]
             assert rest.endswith(b"request body too large.\n"), data[-200:]  # then a clean EOF
 
 
