@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -14,6 +15,7 @@ import pytest
 
 from aserve.cli import cli
 from aserve.protocols import http
+from conftest import read_response
 from processes import ASERVE, AserveProcess
 
 APPS = Path(__file__).parent / "apps"
@@ -71,6 +73,51 @@ def test_serves_and_shuts_down_gracefully_on_sigterm(tmp_path):
     assert result["response"].text == "finished"  # the in-flight request completed
     assert marker.read_text() == "shutdown ran"  # then lifespan shutdown ran
     assert "Application shutdown complete." in server.output
+
+
+@pytest.mark.once
+def test_a_connection_accepted_as_shutdown_begins_does_not_hold_it(tmp_path):
+    """The `--reload` child that once waited 30 s to stop: a connection accepted in the loop
+    turn before the one where shutdown began was closed without its protocol hearing of it,
+    so the server waited its whole --timeout-graceful-shutdown for a connection that was
+    gone. Here the app lines the two up on purpose: the loop is held while a new connection
+    queues behind a request that sends SIGTERM."""
+    release = tmp_path / "release"
+    server = AserveProcess(
+        "shutdown_race:app",
+        "--app-dir",
+        str(APPS),
+        "--port",
+        "0",
+        "--timeout-graceful-shutdown",
+        "30",
+        env={"ASERVE_TEST_RELEASE": str(release)},
+    )
+    clients: list[socket.socket] = []
+    try:
+        port = server.wait_for_port()
+        keep_alive = socket.create_connection(("127.0.0.1", port))
+        clients.append(keep_alive)
+        keep_alive.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert read_response(keep_alive).endswith(b"ok")
+        holder = socket.create_connection(("127.0.0.1", port))
+        clients.append(holder)
+        holder.sendall(b"GET /hold HTTP/1.1\r\nHost: x\r\n\r\n")
+        server.wait_until(lambda: Path(f"{release}.held").exists(), "the loop to be held")
+        clients.append(socket.create_connection(("127.0.0.1", port)))  # queued: accepted next
+        keep_alive.sendall(b"GET /term HTTP/1.1\r\nHost: x\r\n\r\n")  # read after it
+        time.sleep(0.2)
+        release.touch()
+        began = time.monotonic()
+        code = server.proc.wait(timeout=45)
+        took = time.monotonic() - began
+    finally:
+        for client in clients:
+            client.close()
+        server.stop()
+    assert code == 0, server.output
+    assert "Graceful shutdown timed out" not in server.output
+    assert took < 10, f"shutdown took {took:.1f} s:\n{server.output}"
 
 
 def test_sigint_stops_the_server():

@@ -13,7 +13,9 @@ import pytest
 from tests.conftest import read_response, serve
 
 from aserve import listener as listener_module
+from aserve.edge import Edge
 from aserve.listener import Listener
+from aserve.proxy import parse_trusted
 from aserve.server import loop_factory
 
 
@@ -75,6 +77,61 @@ def test_one_wake_up_accepts_every_pending_connection(loop_name: str) -> None:
 def test_a_wake_up_accepts_at_most_one_batch(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(listener_module, "ACCEPT_BATCH", 5)
     assert _connections_after_each_wake_up("uvloop", clients=12, wake_ups=3) == [5, 10, 12]
+
+
+class Tracked(Recorder):
+    lost: list[Tracked]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost.append(self)
+
+
+@pytest.mark.parametrize("proxy_protocol", [False, True])
+def test_a_connection_accepted_as_the_listener_closes_is_told_when_it_closes(
+    loop_name: str, proxy_protocol: bool
+) -> None:
+    """A connection accepted just before shutdown (its `connection_made` already run, its
+    hand-over not yet resumed) is closed by the server like any other; its protocol must hear
+    `connection_lost`, or the server waits for it until the graceful timeout.
+
+    Cancelling the hand-over there made uvloop close the transport with its private
+    `_close()`, which drops the `connection_lost` already scheduled: a `--reload` child waited
+    its whole --timeout-graceful-shutdown (30 s) for a connection that was gone.
+    """
+
+    async def main() -> tuple[int, int, bytes]:
+        made: list[Tracked] = []
+        lost: list[Tracked] = []
+        Tracked.made, Tracked.lost = made, lost
+        loop = asyncio.get_running_loop()
+        sock = _listening_socket()
+        client = socket.create_connection(sock.getsockname())
+        edge = None
+        if proxy_protocol:
+            client.sendall(b"PROXY TCP4 192.0.2.1 127.0.0.1 4000 80\r\n")
+            edge = Edge(loop, lambda addresses=None: Tracked(), proxy_from=parse_trusted("*"))
+        listener = Listener(loop, sock, Tracked, backlog=16, edge=edge)
+        listener._accept()
+        for _ in range(100):  # connection_made runs; the hand-over's task resumes after it
+            if made:
+                break
+            await asyncio.sleep(0)
+        listener.close()  # the server begins shutting down in that same loop turn
+        for protocol in made:
+            protocol.transport.close()  # as the server's shutdown closes an idle connection
+        for _ in range(100):
+            if len(lost) == len(made):
+                break
+            await asyncio.sleep(0.01)
+        client.settimeout(5)
+        try:
+            eof = client.recv(100)
+        finally:
+            client.close()
+        return len(made), len(lost), eof
+
+    made, lost, eof = _run(loop_name, main())
+    assert (made, lost, eof) == (1, 1, b"")
 
 
 def test_running_out_of_file_descriptors_pauses_accepting(

@@ -68,10 +68,21 @@ class Edge:
         if addresses is False:
             sock.close()
             return
-        peer = _peer(sock) if self._ssl is not None else ""  # for the log: gone after a failure
+        make_protocol = lambda: self._make_protocol(addresses or None)  # noqa: E731
+        if self._ssl is None:
+            # The PROXY header was read: the rest is a plain hand-over, which must not be
+            # cancelled (see `Listener.close`) and ends within a loop turn.
+            try:
+                await asyncio.shield(self._loop.connect_accepted_socket(make_protocol, sock))
+            except OSError as exc:
+                error_logger.debug("Could not set up a connection: %s", exc)
+                sock.close()
+            return
+        peer = _peer(sock)  # for the log: gone after a failure
         try:
+            # Cancelling this (a handshake under way) closes through the public `close()`.
             await self._loop.connect_accepted_socket(
-                lambda: self._make_protocol(addresses or None),
+                make_protocol,
                 sock,
                 ssl=self._ssl,
                 ssl_handshake_timeout=self._handshake_timeout,

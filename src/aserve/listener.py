@@ -102,11 +102,20 @@ class Listener:
         return len(self._pending)
 
     def close(self) -> None:
-        """Stop accepting and close the socket; connections already accepted go on."""
+        """Stop accepting and close the socket; connections already accepted go on.
+
+        A PROXY header or a TLS handshake still under way is given up (`Edge` cancels safely);
+        a plain hand-over is never cancelled: it ends within a loop turn, and its protocol,
+        seeing the server shut down, closes itself. Cancelled at `await waiter`, uvloop's
+        `connect_accepted_socket` closes the transport with its private `_close()`, which drops
+        the `connection_lost` of a protocol whose `connection_made` has already run: the
+        server then waited its whole graceful timeout for a connection that was gone.
+        """
         self.stop_accepting()
         self._sock.close()
-        for task in list(self._pending):
-            task.cancel()  # a PROXY header or a TLS handshake still under way
+        if self._edge is not None:
+            for task in list(self._pending):
+                task.cancel()
 
     def _accept(self) -> None:
         balance = self._balance
