@@ -245,6 +245,8 @@ def printed(result: subprocess.CompletedProcess[str]) -> dict[str, tuple[str, st
     assert result.returncode == 0, result.stderr
     lines = {}
     for line in result.stdout.splitlines():
+        if line.startswith("# "):  # a note after the fields (the listeners)
+            continue
         name, _, rest = line.partition(" = ")
         value, _, source = rest.rpartition("  # ")
         lines[name] = (value, source)

@@ -112,7 +112,7 @@ def test_forwarded_for_takes_rightmost_untrusted_hop():
         ({"access_log_format": "{nope}"}, "unknown field {nope}"),
         ({"ws_ping_interval": -1}, "ws_ping_interval"),
         ({"ws_close_timeout": 0}, "ws_close_timeout must be greater than 0"),
-        ({"uds": "/tmp/x", "fd": 3}, "only one of uds and fd"),
+        ({"bind": ["[::1:8000"]}, "no ']' after the IPv6 address"),
     ],
 )
 def test_config_validation_names_the_setting(kwargs, message):

@@ -53,6 +53,17 @@ def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> 
     help="Bind socket to this port (0: any free port).",
 )
 @click.option("--uds", default=None, help="Bind to a UNIX domain socket.")
+# Several listeners (addresses.py): gunicorn's --bind syntax, beside --uds and --fd.
+@click.option(
+    "--bind",
+    "-b",
+    "bind",
+    multiple=True,
+    metavar="ADDRESS",
+    help="Listen on ADDRESS (repeatable): HOST:PORT, [IPV6]:PORT ([::]:PORT takes IPv4 too), "
+    "unix:PATH or fd://N. Served beside --uds and --fd; --host and --port only make a "
+    "listener without --bind.",
+)
 @click.option("--fd", type=int, default=None, help="Bind to a socket from this file descriptor.")
 @click.option(
     "--loop",
@@ -454,6 +465,7 @@ def cli(
             app_dir=app_dir or ".",
             **options,
         )
+        _check_bind(options, sources)
         for name in ("ws_ping_interval", "ws_ping_timeout", "timeout_worker_startup"):
             if options[name] == 0:  # 0 turns it off, on the command line and everywhere else
                 options[name] = None
@@ -501,6 +513,19 @@ def _settings(**options: Any) -> tuple[dict[str, Any], dict[str, str]]:
     return options, sources
 
 
+def _check_bind(options: dict[str, Any], sources: dict[str, str]) -> None:
+    """--bind with --host or --port given too: one would be silently unused, so say so."""
+    options["bind"] = list(options.get("bind") or ())
+    given = [name for name in ("host", "port") if name in sources]
+    if options["bind"] and given:
+        names = " and ".join(f"--{name}" for name in given)
+        raise ConfigError(
+            f"{names} ({', '.join(sources[name] for name in given)}) "
+            f"make{'s' if len(given) == 1 else ''} a listener only without --bind: give that "
+            "address as one more --bind HOST:PORT"
+        )
+
+
 def _flag_name(param: click.Parameter) -> str:
     return next((opt for opt in param.opts if opt.startswith("--")), param.name or "")
 
@@ -521,6 +546,8 @@ def _print_config(options: dict[str, Any], sources: dict[str, str]) -> None:
     for field in dataclasses.fields(config):
         value = getattr(config, field.name)
         click.echo(f"{field.name} = {_show(value)}  # {sources.get(field.name, 'default')}")
+    # What bind, uds, fd, host and port add up to (socket activation aside).
+    click.echo(f"# listeners: {', '.join(str(address) for address in config.listeners)}")
 
 
 def _show(value: Any) -> str:

@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from dataclasses import KW_ONLY, dataclass, field
 from typing import Any, Literal
 
+from aserve import addresses
+from aserve.addresses import Address
 from aserve.errors import ConfigError
 from aserve.logging import ACCESS_LOG_FIELDS
 from aserve.proxy import parse_trusted
@@ -140,6 +142,9 @@ class Config:
     limit_worker_memory: float | None = None
     # --preload (preload.py): the supervisor imports the app once, before forking the workers.
     preload: bool = False
+    # Several listeners (addresses.py, sockets.py): gunicorn's --bind syntax, each one served
+    # beside --uds and --fd; host/port make the listener only when none of these is given.
+    bind: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.env_file is not None:
@@ -168,8 +173,7 @@ class Config:
             )
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"port must be between 0 and 65535, got {self.port}")
-        if sum(x is not None for x in (self.uds, self.fd)) > 1:
-            raise ConfigError("use only one of uds and fd")
+        self._validate_listeners()
         _positive("backlog", self.backlog)
         _positive("ws_max_size", self.ws_max_size)
         _positive("ws_max_queue", self.ws_max_queue)
@@ -212,13 +216,38 @@ class Config:
             )
         parse_trusted(self.forwarded_allow_ips)  # one error line per bad entry
 
+    def _validate_listeners(self) -> None:
+        if isinstance(self.bind, str):  # one address given as a string, not a list
+            self.bind = [self.bind]
+        self.bind = list(self.bind)
+        if self.bind and (self.host != "127.0.0.1" or self.port != 8000):
+            raise ConfigError(
+                "host and port make a listener only when no bind address is given: add "
+                f"'{addresses.bracketed(self.host)}:{self.port}' to bind instead"
+            )
+        seen: set[Address] = set()
+        for address in self.listeners:  # each parsed: a malformed one is a one-line error
+            if address in seen and not (address.kind == "tcp" and address.port == 0):
+                raise ConfigError(f"bind address {str(address)!r} is given twice")
+            seen.add(address)
+
+    @property
+    def listeners(self) -> list[Address]:
+        """Every address to listen on: the bind addresses, --uds, --fd, else host and port."""
+        found = [addresses.parse(text) for text in self.bind]
+        if self.uds is not None:
+            found.append(Address("unix", path=os.fspath(self.uds)))
+        if self.fd is not None:
+            found.append(Address("fd", fd=self.fd))
+        return found or [addresses.tcp(self.host, self.port)]
+
     def _validate_metrics(self) -> None:
         port = self.metrics_port
         if port is None:
             return
         if not isinstance(port, int) or not 0 <= port <= 65535:
             raise ConfigError(f"metrics_port must be between 0 and 65535, got {port!r}")
-        if port != 0 and port == self.port and self.uds is None and self.fd is None:
+        if port != 0 and port in self.tcp_ports:
             raise ConfigError(
                 f"metrics_port must differ from port ({port}): metrics never share the "
                 "app's listener"
@@ -280,13 +309,9 @@ class Config:
         )
 
     @property
-    def bind_description(self) -> str:
-        if self.uds is not None:
-            return f"unix socket {self.uds}"
-        if self.fd is not None:
-            return f"socket from file descriptor {self.fd}"
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+    def tcp_ports(self) -> set[int]:
+        """The fixed ports the app listens on (port 0, any free port, left out)."""
+        return {a.port for a in self.listeners if a.kind == "tcp" and a.port}
 
 
 def _choice(name: str, value: object, allowed: tuple[str, ...]) -> None:

@@ -9,7 +9,6 @@ the parent says so once and waits for the next change, which is usually the fix.
 
 from __future__ import annotations
 
-import contextlib
 import fnmatch
 import logging
 import multiprocessing
@@ -129,7 +128,7 @@ class Reloader:
     def run(self) -> None:
         from watchfiles import watch
 
-        from aserve.sockets import bind_sockets
+        from aserve.sockets import bind_sockets, remove_unix_files
 
         self.sockets, from_systemd = bind_sockets(self.config)
         previous = {sig: signal.signal(sig, self._on_signal) for sig in _STOP_SIGNALS}
@@ -163,9 +162,8 @@ class Reloader:
             self._terminate()
             for sock in self.sockets:
                 sock.close()
-            if self.config.uds is not None and not from_systemd:
-                with contextlib.suppress(OSError):
-                    os.unlink(self.config.uds)
+            if not from_systemd:
+                remove_unix_files(self.config)
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
             error_logger.info("Stopping reloader process [%d]", os.getpid())

@@ -29,7 +29,7 @@ from aserve.logging import configure_logging, error_logger, set_log_level
 from aserve.metrics import bind_metrics_socket, start_metrics_server
 from aserve.protocols.http import HttpProtocol
 from aserve.proxy import parse_trusted
-from aserve.sockets import bind_sockets, describe
+from aserve.sockets import bind_sockets, describe, describe_listener, remove_unix_files
 from aserve.state import ServerState
 from aserve.tls import TLSInfo, create_ssl_context
 
@@ -68,7 +68,7 @@ class Server:
         self._metrics_waiting: asyncio.Task[None] | None = None
         self._lifespan: Lifespan | None = None
         self._from_systemd = False
-        self._unlink_on_exit: str | None = None  # a unix socket file this server created
+        self._unlink_on_exit = False  # it bound the config's unix sockets: remove their files
 
     @property
     def sockets(self) -> list[socket.socket]:
@@ -96,8 +96,7 @@ class Server:
         ssl_context = create_ssl_context(config)  # a bad certificate fails before binding
         if sockets is None:  # fail fast, before the app starts up
             sockets, self._from_systemd = bind_sockets(config)
-            if config.uds is not None and not self._from_systemd:
-                self._unlink_on_exit = config.uds
+            self._unlink_on_exit = not self._from_systemd
         metrics_sock = None
         try:
             metrics_sock = self.bind_metrics_socket()
@@ -115,9 +114,8 @@ class Server:
             if owned:  # we bound it: do not leak the socket (or a unix socket file)
                 for sock in sockets:
                     sock.close()
-                if self._unlink_on_exit is not None:
-                    with contextlib.suppress(OSError):
-                        os.unlink(self._unlink_on_exit)
+                if self._unlink_on_exit:
+                    remove_unix_files(config)
             raise
         if config.lifespan != "off" and not self._lifespan.unsupported:
             error_logger.info("Application startup complete.")
@@ -187,13 +185,10 @@ class Server:
             for sock in self.sockets:
                 error_logger.info("aserve running on %s (socket from systemd)", describe(sock))
             return
-        where = config.bind_description
-        if config.uds is None and config.fd is None and self.sockets:
-            port = self.sockets[0].getsockname()[1]
-            host = f"[{config.host}]" if ":" in config.host else config.host
-            scheme = "https" if config.ssl_certfile is not None else "http"
-            where = f"{scheme}://{host}:{port}"
-        error_logger.info("aserve running on %s (Press CTRL+C to quit)", where)
+        scheme = "https" if config.ssl_certfile is not None else "http"
+        for address, sock in zip(config.listeners, self.sockets, strict=False):
+            where = describe_listener(address, sock, scheme)
+            error_logger.info("aserve running on %s (Press CTRL+C to quit)", where)
 
     def bind_metrics_socket(self) -> socket.socket | None:
         """The metrics listener's socket, when metrics are on; None for a worker whose port
@@ -275,9 +270,8 @@ class Server:
             self.metrics_server = None
         # Sockets handed in (by a supervisor, the reloader, systemd) belong to whoever bound
         # them: their socket file stays for the next server.
-        if self._unlink_on_exit is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(self._unlink_on_exit)
+        if self._unlink_on_exit:
+            remove_unix_files(self.config)
 
     async def _close_connections(self, state: ServerState) -> None:
         """Stop accepting; close idle connections, the others after what they already read."""

@@ -1,15 +1,18 @@
-"""Creating the listening sockets: systemd's, or one from host/port, a unix socket path or an fd.
+"""Creating the listening sockets: systemd's, or one for each configured address (TCP, Unix, fd).
 
 Kept apart from the server so a supervisor can bind once and hand the sockets to workers.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
 import os
 import socket
 import stat
 
 from aserve import systemd
+from aserve.addresses import Address, bracketed
 from aserve.config import Config, ConfigError
 
 
@@ -17,8 +20,9 @@ def bind_sockets(config: Config) -> tuple[list[socket.socket], bool]:
     """The sockets to serve on, and whether they came from systemd.
 
     Socket activation needs no flag: when `LISTEN_FDS`/`LISTEN_PID` name this process, every
-    socket systemd passed is served and host/port/uds/fd are not used. Otherwise one socket
-    from the config.
+    socket systemd passed is served and the configured listeners are not used. Otherwise one
+    socket for each of `config.listeners`, in that order; if one cannot be bound, those bound
+    before it are closed (and their socket files removed) and the error says which.
     """
     try:
         passed = systemd.listen_fds()
@@ -26,10 +30,33 @@ def bind_sockets(config: Config) -> tuple[list[socket.socket], bool]:
         raise ConfigError(str(exc)) from None
     if passed:
         return passed, True
-    return [bind_socket(config)], False
+    bound: list[tuple[Address, socket.socket]] = []
+    try:
+        for address in config.listeners:
+            bound.append((address, bind_address(address, config.backlog)))
+    except BaseException:
+        for address, sock in bound:
+            if address.kind == "fd":
+                sock.detach()  # not ours to close
+            else:
+                sock.close()
+            if address.kind == "unix":
+                with contextlib.suppress(OSError):
+                    os.unlink(address.path)
+        raise
+    return [sock for _, sock in bound], False
 
 
-def describe(sock: socket.socket) -> str:
+def remove_unix_files(config: Config) -> None:
+    """Remove the socket files of the config's Unix listeners (whoever bound them, on exit)."""
+    for address in config.listeners:
+        if address.kind == "unix":
+            with contextlib.suppress(OSError):
+                if stat.S_ISSOCK(os.stat(address.path).st_mode):
+                    os.unlink(address.path)
+
+
+def describe(sock: socket.socket, scheme: str = "http") -> str:
     """Where a listening socket is, for the log: a URL or a unix socket path."""
     try:
         address = sock.getsockname()
@@ -40,38 +67,65 @@ def describe(sock: socket.socket) -> str:
             address = "@" + address[1:].decode(errors="replace")
         return f"unix socket {address}"
     host, port = address[0], address[1]
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+    return f"{scheme}://{bracketed(host)}:{port}"
 
 
-def bind_socket(config: Config) -> socket.socket:
-    if config.fd is not None:
+def describe_listener(address: Address, sock: socket.socket, scheme: str = "http") -> str:
+    """A configured listener for the startup line: the host as given, the port as bound (the
+    free one port 0 took), and where an inherited descriptor really listens."""
+    if address.kind == "tcp":
+        return f"{scheme}://{bracketed(address.host)}:{sock.getsockname()[1]}"
+    if address.kind == "fd":
+        return f"{describe(sock, scheme)} (file descriptor {address.fd})"
+    return f"unix socket {address.path}"
+
+
+def bind_address(address: Address, backlog: int) -> socket.socket:
+    """A listening socket for one address (an inherited one is taken over as it is)."""
+    if address.kind == "fd":
         try:
-            sock = socket.socket(fileno=config.fd)
+            sock = socket.socket(fileno=address.fd)
         except OSError as exc:
-            raise ConfigError(f"cannot use file descriptor {config.fd}: {exc.strerror}") from None
+            raise ConfigError(f"cannot use file descriptor {address.fd}: {exc.strerror}") from None
+        if sock.type != socket.SOCK_STREAM:
+            sock.detach()
+            raise ConfigError(f"file descriptor {address.fd} is not a stream socket")
         sock.setblocking(False)
         return sock
-    if config.uds is not None:
-        return _bind_unix(config.uds, config.backlog)
-    return _bind_tcp(config.host, config.port, config.backlog)
+    if address.kind == "unix":
+        return _bind_unix(address.path, backlog)
+    return _bind_tcp(address.host, address.port, backlog)
 
 
 def _bind_tcp(host: str, port: int, backlog: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    # IPPROTO_TCP, not 0: accepted sockets inherit it, and asyncio only turns Nagle's
-    # algorithm off (TCP_NODELAY) on sockets that say they are TCP. (uvloop always does.)
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    where = f"{bracketed(host)}:{port}"
+    try:
+        # IPPROTO_TCP, not 0: accepted sockets inherit it, and asyncio only turns Nagle's
+        # algorithm off (TCP_NODELAY) on sockets that say they are TCP. (uvloop always does.)
+        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    except OSError as exc:  # no IPv6 on this machine
+        raise ConfigError(f"cannot listen on {where}: {exc.strerror}") from None
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     if family == socket.AF_INET6:
-        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0 if host == "::" else 1)
+        # [::] takes IPv4 connections too (as ::ffff:a.b.c.d), whatever the system's
+        # net.ipv6.bindv6only says; any other IPv6 address takes IPv6 only.
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0 if _unspecified(host) else 1)
     try:
         sock.bind((host, port))
     except OSError as exc:
         sock.close()
-        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+        raise ConfigError(f"cannot listen on {where}: {exc.strerror}") from None
     sock.listen(backlog)
     sock.setblocking(False)
     return sock
+
+
+def _unspecified(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_unspecified
+    except ValueError:
+        return False
 
 
 def _bind_unix(path: str, backlog: int) -> socket.socket:

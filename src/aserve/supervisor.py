@@ -29,7 +29,7 @@ from aserve.config import Config
 from aserve.logging import error_logger
 from aserve.preload import PreloadFailure, preload, sighup_note
 from aserve.server import loop_factory
-from aserve.sockets import bind_sockets, describe
+from aserve.sockets import bind_sockets, describe, describe_listener, remove_unix_files
 from aserve.worker import (
     FAILED,
     HEARTBEAT,
@@ -256,9 +256,8 @@ class Supervisor:
     def _close(self) -> None:
         for sock in self.sockets:
             sock.close()
-        if self.config.uds is not None and not self.from_systemd:
-            with contextlib.suppress(OSError):
-                os.unlink(self.config.uds)
+        if not self.from_systemd:
+            remove_unix_files(self.config)
         self.selector.close()
         for fd in (self.wake_r, self.wake_w):
             with contextlib.suppress(OSError):
@@ -500,21 +499,23 @@ class Supervisor:
         return all(number in ready for number in range(1, self.target + 1))
 
     def _log_running(self) -> None:
-        for sock in self.sockets:
+        for where in self._where():
             error_logger.info(
                 "aserve running on %s with %d worker%s (Press CTRL+C to quit)",
-                self._where(sock),
+                where,
                 self.target,
                 "s" if self.target != 1 else "",
             )
 
-    def _where(self, sock: socket.socket) -> str:
-        config = self.config
-        bound_here = config.uds is None and config.fd is None and not self.from_systemd
-        if sock.family != socket.AF_UNIX and bound_here:
-            host = f"[{config.host}]" if ":" in config.host else config.host  # as given
-            return f"http://{host}:{sock.getsockname()[1]}"
-        return describe(sock) + (" (socket from systemd)" if self.from_systemd else "")
+    def _where(self) -> list[str]:
+        """Each listening socket, as configured (the host as given, the port as bound)."""
+        scheme = "https" if self.config.ssl_certfile is not None else "http"
+        if self.from_systemd:
+            return [f"{describe(sock, scheme)} (socket from systemd)" for sock in self.sockets]
+        return [
+            describe_listener(address, sock, scheme)
+            for address, sock in zip(self.config.listeners, self.sockets, strict=True)
+        ]
 
     def _check_health(self, now: float) -> None:
         timeout = self.config.timeout_worker_healthcheck

@@ -175,9 +175,10 @@ def read_until_close(sock: socket.socket, timeout: float = 5.0) -> bytes:
 def start_server(app: Any, **options: Any) -> LiveServer:
     """Start `app` (an ASGI app or "module:attribute") under aserve; `Config` options.
 
-    Listens on 127.0.0.1 and a free port unless `port`, `host`, `uds` or `fd` say otherwise.
+    Listens on 127.0.0.1 and a free port unless `port`, `host`, `uds`, `fd` or `bind` say
+    otherwise.
     """
-    if options.get("uds") is None and options.get("fd") is None:
+    if options.get("uds") is None and options.get("fd") is None and not options.get("bind"):
         options.setdefault("port", 0)
     return LiveServer(Server(Config(app, **options))).start()
 

@@ -556,7 +556,8 @@ class HttpProtocol(asyncio.Protocol):
         self._callbacks: ParserCallbacks = callbacks
         self.parser = httptools.HttpRequestParser(callbacks.for_parser)
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
-        self.server: tuple[str, int] | None = None
+        # A Unix socket listener is (its path, None), as the ASGI spec has it.
+        self.server: tuple[str, int | None] | None = None
         self.client: tuple[str, int] | None = None
         self.scheme = "http"
         # The requests waiting their turn, in order: the next one in a slot, the ones after
@@ -621,7 +622,7 @@ class HttpProtocol(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
         self.state.connections.add(self)
         if self._given_addresses is None:
-            self.server = _address(transport.get_extra_info("sockname"))
+            self.server = _local_address(transport.get_extra_info("sockname"))
             self.client = _address(transport.get_extra_info("peername"))
         else:
             self.client, self.server = self._given_addresses
@@ -1366,6 +1367,13 @@ def _address(value: Any) -> tuple[str, int] | None:
     if isinstance(value, tuple) and len(value) >= 2:
         return (str(value[0]), int(value[1]))
     return None
+
+
+def _local_address(value: Any) -> tuple[str, int | None] | None:
+    """The listener a connection arrived on: (host, port), or (path, None) on a Unix socket."""
+    if isinstance(value, str):
+        return (value, None) if value else None
+    return _address(value)
 
 
 def _split_target(target: bytes, method: str) -> tuple[bytes, bytes]:
