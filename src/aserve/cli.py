@@ -422,6 +422,29 @@ def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> 
     show_default=True,
     help="Bind the metrics listener to this host.",
 )
+# Health for orchestrators and drain (health.py)
+@click.option(
+    "--health-port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    help="Serve GET /livez and /readyz on this port (a listener of its own, never the app's; "
+    "under --workers the supervisor answers for all). Off by default. See docs/deployment.md.",
+)
+@click.option(
+    "--health-host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Bind the health listener to this host (0.0.0.0 for Kubernetes probes, which come "
+    "from the kubelet to the pod's IP).",
+)
+@click.option(
+    "--drain-delay",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    help="On SIGTERM/SIGINT, answer /readyz with 503 and keep serving for this many seconds "
+    "(while load balancers stop sending traffic), then shut down gracefully.",
+)
 # WebSocket close wait, log format (extensions)
 @click.option(
     "--ws-close-timeout",

@@ -145,6 +145,11 @@ class Config:
     # Several listeners (addresses.py, sockets.py): gunicorn's --bind syntax, each one served
     # beside --uds and --fd; host/port make the listener only when none of these is given.
     bind: list[str] = field(default_factory=list)
+    # Health for orchestrators (health.py): /livez and /readyz on a listener of their own, off
+    # unless a port is given; on SIGTERM/SIGINT, /readyz says 503 while serving on this long.
+    health_port: int | None = None
+    health_host: str = "127.0.0.1"
+    drain_delay: float = 0.0
 
     def __post_init__(self) -> None:
         if self.env_file is not None:
@@ -199,6 +204,7 @@ class Config:
         self.root_path = self.root_path.rstrip("/")
         self.headers = [_check_header(name, value) for name, value in self.headers]
         self._validate_metrics()
+        self._validate_health()
         if self.access_log_format is not None:
             check_access_log_format(self.access_log_format)
         self._validate_workers()
@@ -252,6 +258,19 @@ class Config:
                 f"metrics_port must differ from port ({port}): metrics never share the "
                 "app's listener"
             )
+
+    def _validate_health(self) -> None:
+        port = self.health_port
+        if port is not None:
+            if not isinstance(port, int) or not 0 <= port <= 65535:
+                raise ConfigError(f"health_port must be between 0 and 65535, got {port!r}")
+            if port != 0 and (port in self.tcp_ports or port == self.metrics_port):
+                raise ConfigError(
+                    f"health_port must differ from the app's and the metrics' ports ({port}): "
+                    "the probes have a listener of their own"
+                )
+        if not isinstance(self.drain_delay, (int, float)) or not self.drain_delay >= 0:
+            raise ConfigError(f"drain_delay must be 0 or more seconds, got {self.drain_delay!r}")
 
     def _validate_limits(self) -> None:
         for name in (

@@ -225,6 +225,7 @@ def _serve_child(config: Config, sockets: list[socket.socket]) -> None:
     from aserve.server import Server
 
     configure_logging(config.log_config, config.log_level, config.access_log, config.log_format)
+    config.drain_delay = 0.0  # this process's copy: a file change restarts at once, no drain
     server = Server(config)
     server.systemd_notify = False  # a development server; the parent is what systemd started
     try:

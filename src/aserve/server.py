@@ -22,6 +22,7 @@ from aserve import systemd
 from aserve.balance import AcceptSlot
 from aserve.config import Config
 from aserve.edge import Edge
+from aserve.health import bind_health_socket, listener_url, start_health_server
 from aserve.importer import load_app
 from aserve.lifespan import Lifespan, LifespanFailure
 from aserve.listener import Listener
@@ -53,6 +54,8 @@ class Server:
     shared_sockets = False
     # This worker's slot in the supervisor's accept counts, to share bursts (balance.py).
     accept_balance: AcceptSlot | None = None
+    # Whether it serves --health-port itself: a supervisor's workers leave it to the supervisor.
+    serves_health = True
 
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -66,6 +69,11 @@ class Server:
         # --metrics-port + N - 1, each process its own scrape target (docs/metrics.md).
         self.worker: int | None = None
         self._metrics_waiting: asyncio.Task[None] | None = None
+        # Health and drain (health.py): /readyz says 503 from the moment a drain begins.
+        self.health_server: asyncio.Server | None = None
+        self.draining = False
+        self._drain_until: float | None = None
+        self._drain_signal: int | None = None
         self._lifespan: Lifespan | None = None
         self._from_systemd = False
         self._unlink_on_exit = False  # it bound the config's unix sockets: remove their files
@@ -100,6 +108,7 @@ class Server:
         metrics_sock = None
         try:
             metrics_sock = self.bind_metrics_socket()
+            await self._start_health()  # /readyz says "starting" during lifespan startup
             app = load_app(config)
             lifespan_state: dict[str, Any] = {}
             self._lifespan = Lifespan(app, config.lifespan, lifespan_state)
@@ -111,6 +120,7 @@ class Server:
                 error_logger.error("Application startup failed: %s", exc)
             if metrics_sock is not None:
                 metrics_sock.close()
+            self._close_health()
             if owned:  # we bound it: do not leak the socket (or a unix socket file)
                 for sock in sockets:
                     sock.close()
@@ -217,6 +227,37 @@ class Server:
                 await self._start_metrics(state, sock)
                 return
 
+    async def _start_health(self) -> None:
+        config = self.config
+        if config.health_port is None or not self.serves_health:
+            return
+        sock = bind_health_socket(config.health_host, config.health_port)
+        self.health_server = await start_health_server(sock, self._livez, self._readyz)
+        error_logger.info("Health checks on %s (/livez, /readyz)", listener_url(sock))
+
+    def _close_health(self) -> None:
+        if self.health_server is not None:
+            self.health_server.close()
+            self.health_server = None
+
+    def _livez(self) -> tuple[bool, str]:
+        return True, "ok: the event loop answers"  # a blocked loop answers nothing at all
+
+    def _readyz(self) -> tuple[bool, str]:
+        if self.draining or self.should_exit:
+            return False, "draining: shutting down"
+        if not self.started:
+            return False, "starting: lifespan startup is not complete"
+        return True, "ready"
+
+    @property
+    def health_port(self) -> int | None:
+        """The health listener's port (to learn it when the config asked for port 0)."""
+        if self.health_server is None:
+            return None
+        port: int = self.health_server.sockets[0].getsockname()[1]
+        return port
+
     @property
     def metrics_port(self) -> int | None:
         """The metrics listener's port (to learn it when the config asked for port 0)."""
@@ -233,6 +274,10 @@ class Server:
         watchdog = systemd.watchdog_period() if self.systemd_notify else None
         next_ping = 0.0
         while not self.should_exit:
+            if self._drain_signal is not None:
+                self._drain_step()
+                if self.should_exit:
+                    break
             if watchdog is not None and time.monotonic() >= next_ping:
                 systemd.notify("WATCHDOG=1")
                 next_ping = time.monotonic() + watchdog
@@ -241,6 +286,23 @@ class Server:
             if now != second:
                 second = now
                 state.update_date()
+
+    def _drain_step(self) -> None:
+        """A drain (--drain-delay) under way: say so once, and end it when the delay is up."""
+        if self._drain_until is None:
+            delay = self.config.drain_delay
+            self._drain_until = time.monotonic() + delay
+            if self.systemd_notify:
+                systemd.notify("STOPPING=1")
+            name = signal.Signals(self._drain_signal or signal.SIGTERM).name
+            error_logger.info(
+                "Received %s: draining, /readyz answers 503; still serving for %gs "
+                "(--drain-delay), then shutting down",
+                name,
+                delay,
+            )
+        elif time.monotonic() >= self._drain_until:
+            self.should_exit = True
 
     async def shutdown(self) -> None:
         """Stop accepting, finish what is in flight (bounded), then run lifespan shutdown."""
@@ -268,6 +330,7 @@ class Server:
         if self.metrics_server is not None:  # kept until now: a scrape can watch the drain
             self.metrics_server.close()
             self.metrics_server = None
+        self._close_health()  # the same: /readyz says 503 until the very end
         # Sockets handed in (by a supervisor, the reloader, systemd) belong to whoever bound
         # them: their socket file stays for the next server.
         if self._unlink_on_exit:
@@ -320,9 +383,21 @@ class Server:
                 signal.signal(sig, handler)
 
     def handle_exit(self, sig: int, frame: Any) -> None:
-        if self.should_exit and sig == signal.SIGINT:
+        """SIGINT/SIGTERM: a graceful stop, after --drain-delay if the server is serving.
+
+        Only flags are set here (a signal handler may interrupt anything); the main loop does
+        the rest. A second SIGINT, during the drain or the graceful stop, stops at once.
+        """
+        if sig == signal.SIGINT and (self.should_exit or self.draining):
             self.force_exit = True
-        self.should_exit = True
+            self.should_exit = True
+        elif self.draining:
+            pass  # a second SIGTERM: the drain goes on as announced
+        elif self.config.drain_delay > 0 and self.started and not self.should_exit:
+            self.draining = True  # /readyz says 503 from now on
+            self._drain_signal = sig
+        else:
+            self.should_exit = True
 
 
 def loop_factory(setting: str) -> Callable[[], asyncio.AbstractEventLoop]:

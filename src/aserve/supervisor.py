@@ -25,7 +25,8 @@ from typing import Any
 
 from aserve import systemd
 from aserve.balance import AcceptShares
-from aserve.config import Config
+from aserve.config import Config, ConfigError
+from aserve.health import SelectorHealth, bind_health_socket, listener_url
 from aserve.logging import error_logger
 from aserve.preload import PreloadFailure, preload, sighup_note
 from aserve.server import loop_factory
@@ -52,6 +53,10 @@ STACK_WAIT = 1.0
 # The main loop's longest sleep: how quickly a dead worker is noticed at worst.
 _WAIT = 0.1
 _MEMORY_CHECK_INTERVAL = 1.0
+# /livez fails once a worker has missed this many heartbeats (and at least LIVEZ_MIN_SILENCE
+# seconds): its event loop is blocked now, as a single process's /livez would go unanswered.
+LIVEZ_MISSED_BEATS = 3
+LIVEZ_MIN_SILENCE = 2.0
 
 _HANDLED_SIGNALS = (
     signal.SIGINT,
@@ -174,7 +179,11 @@ class Supervisor:
     """Runs `config.workers` workers on `sockets` until told to stop (see the module docstring)."""
 
     def __init__(
-        self, config: Config, sockets: list[socket.socket], from_systemd: bool = False
+        self,
+        config: Config,
+        sockets: list[socket.socket],
+        from_systemd: bool = False,
+        health_socket: socket.socket | None = None,
     ) -> None:
         self.config = config
         self.sockets = sockets
@@ -199,6 +208,11 @@ class Supervisor:
         self.selector = selectors.DefaultSelector()
         self.wake_r, self.wake_w = os.pipe()
         self.shares = AcceptShares()  # mapped before the first fork: every worker shares it
+        # Health and drain (health.py): the supervisor answers /livez and /readyz for all.
+        self.health_socket = health_socket
+        self.health: SelectorHealth | None = None
+        self.livez_silence = max(LIVEZ_MISSED_BEATS * self.interval, LIVEZ_MIN_SILENCE)
+        self.drain_until: float | None = None  # when a --drain-delay ends (SIGTERM/SIGINT)
 
     # -- the main loop ---------------------------------------------------------------------
 
@@ -207,6 +221,10 @@ class Supervisor:
         os.set_blocking(self.wake_r, False)
         os.set_blocking(self.wake_w, False)
         self.selector.register(self.wake_r, selectors.EVENT_READ, None)
+        if self.health_socket is not None:
+            self.health = SelectorHealth(
+                self.health_socket, self.selector, self._livez, self._readyz
+            )
         previous = {sig: signal.signal(sig, self._queue_signal) for sig in _HANDLED_SIGNALS}
         previous_wakeup = signal.set_wakeup_fd(self.wake_w, warn_on_full_buffer=False)
         set_title("supervisor", self.config)
@@ -216,12 +234,16 @@ class Supervisor:
             self.target,
             "s" if self.target != 1 else "",
         )
+        if self.health_socket is not None:
+            where = listener_url(self.health_socket)
+            error_logger.info("Health checks on %s (/livez, /readyz)", where)
         try:
             for number in range(1, self.target + 1):
                 self._spawn(number, "start")
             while True:
                 now = time.monotonic()
                 self._handle_signals(now)
+                self._end_drain(now)
                 self._reap(now)
                 if self.stopping is not None:
                     if not self.workers:
@@ -231,6 +253,8 @@ class Supervisor:
                     self._manage(now)
                 self._enforce_deadlines(now)
                 self._systemd(now)
+                if self.health is not None:
+                    self.health.expire(now)
                 self._wait(_WAIT)
         finally:
             signal.set_wakeup_fd(previous_wakeup)
@@ -250,10 +274,16 @@ class Supervisor:
                 with contextlib.suppress(OSError):
                     while os.read(self.wake_r, 4096):
                         pass
-            else:
+            elif isinstance(key.data, Worker):
                 self._read(key.data)
+            else:
+                key.data()  # a health probe's socket (SelectorHealth)
 
     def _close(self) -> None:
+        if self.health is not None:
+            self.health.close()
+        elif self.health_socket is not None:
+            self.health_socket.close()
         for sock in self.sockets:
             sock.close()
         if not self.from_systemd:
@@ -274,6 +304,8 @@ class Supervisor:
         inherited = [self.wake_r, self.wake_w, self.selector.fileno(), channel_r, stacks_r]
         for other in self.workers:
             inherited += [other.channel, other.stacks]
+        if self.health is not None:
+            inherited += self.health.fds()  # the probes are the supervisor's to answer
         used = {w.slot for w in self.workers}
         slot = next((i for i in range(self.shares.slots) if i not in used), None)
         for stream in (sys.stdout, sys.stderr):  # or the child would write them out again
@@ -639,9 +671,13 @@ class Supervisor:
             if sig == signal.SIGCHLD:
                 continue  # reaping happens every turn
             if sig in (signal.SIGINT, signal.SIGTERM):
-                if self.stopping is None:
-                    error_logger.info("Received %s: stopping the workers", signal.Signals(sig).name)
-                    self._stop_all("graceful", now)
+                if self.stopping is None and self.drain_until is None:
+                    if self.config.drain_delay > 0 and self.announced:
+                        self._begin_drain(sig, now)
+                    else:
+                        name = signal.Signals(sig).name
+                        error_logger.info("Received %s: stopping the workers", name)
+                        self._stop_all("graceful", now)
                 elif sig == signal.SIGINT and self.stopping != "quick":
                     error_logger.info("Received SIGINT again: stopping at once")
                     self._stop_all("quick", now)
@@ -649,7 +685,7 @@ class Supervisor:
                 if self.stopping != "quick":
                     error_logger.info("Received SIGQUIT: stopping at once")
                     self._stop_all("quick", now)
-            elif self.stopping is not None:
+            elif self.stopping is not None or self.drain_until is not None:
                 continue
             elif sig == signal.SIGHUP:
                 self._start_reload()
@@ -664,6 +700,51 @@ class Supervisor:
                     )
                 else:
                     error_logger.info("Received SIGTTOU: keeping the last worker")
+
+    # -- health and drain ------------------------------------------------------------------
+
+    def _begin_drain(self, sig: int, now: float) -> None:
+        """/readyz turns 503 now; the workers serve on until --drain-delay is up."""
+        delay = self.config.drain_delay
+        self.drain_until = now + delay
+        systemd.notify("STOPPING=1")
+        error_logger.info(
+            "Received %s: draining, /readyz answers 503; the workers serve on for %gs "
+            "(--drain-delay), then stop",
+            signal.Signals(sig).name,
+            delay,
+        )
+
+    def _end_drain(self, now: float) -> None:
+        if self.drain_until is not None and self.stopping is None and now >= self.drain_until:
+            error_logger.info("Drain delay over: stopping the workers")
+            self._stop_all("graceful", now)
+
+    def _readyz(self) -> tuple[bool, str]:
+        if self.stopping is not None or self.drain_until is not None:
+            return False, "draining: shutting down"
+        if not self.announced:
+            return False, "starting: not every worker is ready yet"
+        serving = sum(1 for w in self.workers if w.state == SERVING and w.stop_reason is None)
+        if not serving:
+            return False, "no worker is serving (they are being replaced)"
+        return True, f"ready: {serving} worker{'s' if serving != 1 else ''} serving"
+
+    def _livez(self) -> tuple[bool, str]:
+        """Every worker whose event loop runs has sent a heartbeat lately."""
+        now = time.monotonic()
+        beating = [w for w in self.workers if not w.killed and (w.beating or w.state == SERVING)]
+        for worker in beating:
+            silent = now - worker.last_beat
+            if silent > self.livez_silence:
+                return False, (
+                    f"{worker.name} has sent no heartbeat for {silent:.1f} s: its event loop "
+                    "is blocked"
+                )
+        return (
+            True,
+            f"ok: {len(beating)} worker event loop{'s' if len(beating) != 1 else ''} answer",
+        )
 
     def _stop_all(self, how: str, now: float) -> None:
         self.stopping = how
@@ -761,7 +842,17 @@ def supervise(config: Config) -> None:
         except PreloadFailure as exc:
             raise WorkerStartupFailure(str(exc)) from None
     sockets, from_systemd = bind_sockets(config)
-    Supervisor(config, sockets, from_systemd).run()
+    health = None
+    if config.health_port is not None:
+        try:
+            health = bind_health_socket(config.health_host, config.health_port)
+        except ConfigError:
+            for sock in sockets:
+                sock.close()
+            if not from_systemd:
+                remove_unix_files(config)
+            raise
+    Supervisor(config, sockets, from_systemd, health).run()
 
 
 __all__ = ["Supervisor", "WorkerStartupFailure", "app_name", "supervise"]

@@ -160,6 +160,7 @@ class WorkerServer(Server):
     """`Server` as a worker: signals from the supervisor, ready/heartbeat from its loop."""
 
     systemd_notify = False  # the supervisor speaks to systemd for the whole service
+    serves_health = False  # and answers the health probes (--health-port) for it
     shared_sockets = True  # a small accept batch, then yield to the siblings (listener.py)
 
     def __init__(

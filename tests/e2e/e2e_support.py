@@ -142,17 +142,8 @@ class Nginx(Child):
         binary = require("nginx")
         self.directory = directory
         self.port, self.tls_port = free_port(), free_port()
-        self.cert, key = self_signed_certificate(directory)
-        (directory / "site.conf").write_text(
-            render(
-                "nginx-site.conf",
-                UPSTREAM=upstream,
-                LISTEN=f"127.0.0.1:{self.port}",
-                TLS_LISTEN=f"127.0.0.1:{self.tls_port}",
-                CERT=str(self.cert),
-                KEY=str(key),
-            )
-        )
+        self.cert, self.key = self_signed_certificate(directory)
+        self._write_site(upstream)
         conf = directory / "nginx.conf"
         # Run as root, nginx's workers would switch to an unprivileged user that cannot reach
         # the test's temp directory (or its Unix socket): keep them as the caller.
@@ -179,6 +170,24 @@ class Nginx(Child):
             diagnose=self.diagnose,
             or_stop=True,
         )
+
+    def _write_site(self, upstream: str) -> None:
+        (self.directory / "site.conf").write_text(
+            render(
+                "nginx-site.conf",
+                UPSTREAM=upstream,
+                LISTEN=f"127.0.0.1:{self.port}",
+                TLS_LISTEN=f"127.0.0.1:{self.tls_port}",
+                CERT=str(self.cert),
+                KEY=str(self.key),
+            )
+        )
+
+    def switch_upstream(self, upstream: str) -> None:
+        """Point the upstream at another server: nginx reloads its configuration (SIGHUP),
+        new workers take new connections and the old ones finish theirs."""
+        self._write_site(upstream)
+        self.proc.send_signal(signal.SIGHUP)
 
     def diagnose(self) -> str:
         log = self.directory / "error.log"
