@@ -22,7 +22,7 @@ from e2e_support import Aserve, nginx, wait_for
 
 pytestmark = pytest.mark.once
 
-DRAIN_DELAY = 2.0
+DRAIN_DELAY = 3.0
 # How long after SIGTERM the proxy still sends to the old pod (endpoint removal spreading).
 PROPAGATION = 0.7
 
