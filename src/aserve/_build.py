@@ -16,6 +16,7 @@ HOT_PATH_MODULES = (
     "aserve.flow_control",
     "aserve.metrics",
     "aserve.protocols.headers",
+    "aserve.protocols.hpack",
     "aserve.protocols.http",
     "aserve.state",
     "aserve.tasks",
