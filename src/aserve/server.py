@@ -1,4 +1,4 @@
-"""The server: event loop choice, listening sockets, signals, lifespan and graceful shutdown.
+"""The server: event loop choice, listening sockets, signals, lifespan, drain and graceful shutdown.
 
 `Server` embeds in a running event loop (`await server.serve()`); `serve()` is the blocking
 entry point used by the CLI and by scripts.
