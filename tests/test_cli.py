@@ -180,7 +180,7 @@ def test_startup_failure_exits_non_zero_with_the_apps_message():
         (["lifespan_apps:factory", "--app-dir", str(APPS)], "use --factory"),
         (["lifespan_apps:hello", "--app-dir", str(APPS), "--bogus"], "No such option '--bogus'"),
         (["lifespan_apps:hello", "--port", "http"], "'http' is not a valid integer"),
-        (["lifespan_apps:hello", "--loop", "tokio"], "'tokio' is not one of"),
+        (["lifespan_apps:hello", "--loop", "tokio"], "loop must be one of auto, asyncio,"),
         (["lifespan_apps:hello", "--header", "novalue"], "must be given as NAME:VALUE"),
         (["lifespan_apps:hello", "--access-log-format", "{nope}"], "unknown field {nope}"),
         (["lifespan_apps:hello", "--forwarded-allow-ips", "10.0.0.0/99"], "10.0.0.0/99"),

@@ -6,72 +6,20 @@ import re
 from pathlib import Path
 
 import pytest
+import uvicorn
 
 from aserve.cli import cli
 
 DOCS = Path(__file__).parent.parent / "docs"
 PAGES = sorted(DOCS.glob("*.md"))
 
-# `uvicorn --help` of uvicorn 0.54, the version docs/migrating.md describes.
+# `uvicorn --help` of the uvicorn in the dev dependencies: a flag a new uvicorn adds needs a row.
 UVICORN_FLAGS = [
-    "--host",
-    "--port",
-    "--uds",
-    "--fd",
-    "--reload",
-    "--reload-dir",
-    "--reload-include",
-    "--reload-exclude",
-    "--reload-delay",
-    "--workers",
-    "--loop",
-    "--http",
-    "--http2",
-    "--ws",
-    "--ws-max-size",
-    "--ws-max-queue",
-    "--ws-ping-interval",
-    "--ws-ping-timeout",
-    "--ws-per-message-deflate",
-    "--lifespan",
-    "--interface",
-    "--env-file",
-    "--log-config",
-    "--log-level",
-    "--access-log",
-    "--no-access-log",
-    "--use-colors",
-    "--no-use-colors",
-    "--proxy-headers",
-    "--no-proxy-headers",
-    "--server-header",
-    "--no-server-header",
-    "--date-header",
-    "--no-date-header",
-    "--forwarded-allow-ips",
-    "--root-path",
-    "--limit-concurrency",
-    "--backlog",
-    "--limit-max-requests",
-    "--limit-max-requests-jitter",
-    "--timeout-keep-alive",
-    "--timeout-graceful-shutdown",
-    "--timeout-worker-healthcheck",
-    "--ssl-keyfile",
-    "--ssl-certfile",
-    "--ssl-keyfile-password",
-    "--ssl-version",
-    "--ssl-cert-reqs",
-    "--ssl-ca-certs",
-    "--ssl-ciphers",
-    "--header",
-    "--version",
-    "--app-dir",
-    "--h11-max-incomplete-event-size",
-    "--reset-contextvars",
-    "--factory",
-    "--help",
-]
+    opt
+    for param in uvicorn.main.params
+    for opt in (*param.opts, *param.secondary_opts)
+    if opt.startswith("--")
+] + ["--help"]
 
 ASERVE_FLAGS = {
     opt for param in cli.params for opt in (*param.opts, *param.secondary_opts) if opt[:2] == "--"

@@ -81,9 +81,13 @@ FIELDS = settings.field_types()
 
 
 def test_fields_are_read_from_config():
-    # Fields added to Config later (by anyone) are picked up: the list is Config's own.
-    assert list(FIELDS) == [f for f in Config.__dataclass_fields__ if f != "_"]
+    # Fields added to Config later (by anyone) are picked up: the list is Config's own, less
+    # the callables only Python can give.
+    python_only = {"ssl_context_factory", "callback_notify"}
+    assert list(FIELDS) == [f for f in Config.__dataclass_fields__ if f not in {"_", *python_only}]
     assert {"app", "port", "root_path", "headers", "access_log"} <= set(FIELDS)
+    for name in python_only:
+        assert Config.__dataclass_fields__[name].metadata["python_only"]
 
 
 @pytest.mark.parametrize("name", list(FIELDS))
@@ -245,7 +249,7 @@ def printed(result: subprocess.CompletedProcess[str]) -> dict[str, tuple[str, st
     assert result.returncode == 0, result.stderr
     lines = {}
     for line in result.stdout.splitlines():
-        if line.startswith("# "):  # a note after the fields (the listeners)
+        if line.startswith("# "):  # a note after the fields (listeners, ignored options)
             continue
         name, _, rest = line.partition(" = ")
         value, _, source = rest.rpartition("  # ")
@@ -372,6 +376,112 @@ def test_a_server_configured_by_file_and_environment(tmp_path):
         response = httpx.get(f"http://127.0.0.1:{match.group(1)}/items", timeout=10)
         assert response.text == "/api|/api/items"
         assert response.headers["x-from"] == "env"
+    finally:
+        proc.terminate()
+        assert proc.wait(15) == 0
+
+
+# --- ASERVE_* settings from an --env-file ----------------------------------------------------
+
+
+def test_env_file_settings_sit_between_the_environment_and_pyproject(tmp_path):
+    (tmp_path / "pyproject.toml").write_text(
+        '[tool.aserve]\napp = "main:app"\nbacklog = 10\nroot_path = "/pyproject"\n'
+    )
+    (tmp_path / "app.env").write_text(
+        "ASERVE_PORT=9001\nASERVE_ROOT_PATH=/file\nexport ASERVE_HOST=0.0.0.0\n"
+        "ASERVE_BACKLOG=5\nASERVE_ACCESS_LOG=off\nDATABASE_URL=postgres://db\n"
+    )
+    result = aserve(
+        "--print-config",
+        "--env-file",
+        "app.env",
+        "--port",
+        "3",
+        cwd=tmp_path,
+        env={"ASERVE_ROOT_PATH": "/env"},
+    )
+    lines = printed(result)
+    assert lines["port"] == ("3", "flag --port")  # a flag wins over the file
+    assert lines["root_path"] == ('"/env"', "env ASERVE_ROOT_PATH")  # so does the environment
+    assert lines["host"] == ('"0.0.0.0"', "env ASERVE_HOST (from app.env)")
+    assert lines["backlog"] == ("5", "env ASERVE_BACKLOG (from app.env)")  # over pyproject
+    assert lines["access_log"] == ("false", "env ASERVE_ACCESS_LOG (from app.env)")
+    assert lines["env_file"] == ('"app.env"', "flag --env-file")
+
+
+@pytest.mark.parametrize("named_by", ["env", "pyproject"])
+def test_env_file_named_by_the_environment_or_pyproject_is_read_too(tmp_path, named_by):
+    (tmp_path / "app.env").write_text("ASERVE_PORT=9002\n")
+    env = {"ASERVE_ENV_FILE": "app.env"} if named_by == "env" else {}
+    table = 'env_file = "app.env"\n' if named_by == "pyproject" else ""
+    (tmp_path / "pyproject.toml").write_text(f'[tool.aserve]\napp = "main:app"\n{table}')
+    lines = printed(aserve("--print-config", cwd=tmp_path, env=env))
+    assert lines["port"] == ("9002", "env ASERVE_PORT (from app.env)")
+
+
+@pytest.mark.parametrize(
+    ("line", "error"),
+    [
+        (
+            "ASERVE_PROT=1",
+            "Error: env file 'app.env': unknown environment variable ASERVE_PROT "
+            "(did you mean ASERVE_PORT?)",
+        ),
+        ("ASERVE_PORT=eighty", "Error: env file 'app.env': ASERVE_PORT: expected an integer"),
+        ("ASERVE_ENV_FILE=other.env", "Error: env file 'app.env': ASERVE_ENV_FILE cannot name"),
+        ("not a line", "Error: env file 'app.env' line 1: expected KEY=VALUE"),
+    ],
+)
+def test_env_file_mistakes_are_one_line_naming_the_file(tmp_path, line, error):
+    (tmp_path / "app.env").write_text(line + "\n")
+    result = aserve("x:y", "--env-file", "app.env", cwd=tmp_path)
+    assert result.returncode == 1
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert result.stderr.startswith(error), result.stderr
+
+
+def test_env_file_unit(tmp_path):
+    (tmp_path / "a.env").write_text("ASERVE_PORT=1\nWEB_CONCURRENCY=3\nASERVE_TEST_X=1\n")
+    loaded = settings.load({"ASERVE_HOST": "h"}, tmp_path, tmp_path / "a.env")
+    assert loaded["port"] == settings.Setting(1, f"env ASERVE_PORT (from {tmp_path / 'a.env'})")
+    assert loaded["workers"].value == 3  # a legacy variable from the file
+    assert loaded["host"] == settings.Setting("h", "env ASERVE_HOST")
+    # The environment's variable wins over the file's, as with dotenv; ASERVE_* over legacy.
+    loaded = settings.load(
+        {"ASERVE_PORT": "2", "ASERVE_WORKERS": "5"}, tmp_path, tmp_path / "a.env"
+    )
+    assert loaded["port"] == settings.Setting(2, "env ASERVE_PORT")
+    assert loaded["workers"] == settings.Setting(5, "env ASERVE_WORKERS")
+
+
+def test_a_server_configured_by_an_env_file_alone(tmp_path):
+    (tmp_path / "confapp.py").write_text(APP)
+    (tmp_path / "prod.env").write_text(
+        "ASERVE_APP=confapp:app\nASERVE_PORT=0\nASERVE_ROOT_PATH=/api\nASERVE_LIFESPAN=off\n"
+        "ASERVE_HEADERS=X-From:env-file\n"
+    )
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("ASERVE_")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "aserve", "--env-file", "prod.env"],
+        cwd=tmp_path,
+        env=clean,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stderr is not None
+    try:
+        lines = []
+        for line in proc.stderr:
+            lines.append(line)
+            match = re.search(r"running on http://127\.0\.0\.1:(\d+)", line)
+            if match:
+                break
+        else:
+            raise AssertionError("".join(lines))
+        response = httpx.get(f"http://127.0.0.1:{match.group(1)}/items", timeout=10)
+        assert response.text == "/api|/api/items"
+        assert response.headers["x-from"] == "env-file"
     finally:
         proc.terminate()
         assert proc.wait(15) == 0

@@ -65,19 +65,23 @@ def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> 
     "listener without --bind.",
 )
 @click.option("--fd", type=int, default=None, help="Bind to a socket from this file descriptor.")
+# --loop, --ws and --http take uvicorn's names or, as uvicorn's, a "module:attribute" to import;
+# Config checks them (compat.py).
 @click.option(
     "--loop",
-    type=click.Choice(["auto", "asyncio", "uvloop"]),
+    metavar="[auto|asyncio|uvloop|zuvloop]",
     default="auto",
     show_default=True,
-    help="Event loop implementation.",
+    help='Event loop implementation, or a "module:attribute" loop factory. zuvloop: '
+    "uvicorn's, auto is used.",
 )
 @click.option(
     "--ws",
-    type=click.Choice(["auto", "websockets", "none"]),
+    metavar="[auto|websockets|websockets-sansio|wsproto|none]",
     default="auto",
     show_default=True,
-    help="WebSocket support.",
+    help="WebSocket support; none answers upgrades as plain HTTP. websockets-sansio, wsproto "
+    'and a "module:attribute": uvicorn\'s, auto is used.',
 )
 @click.option(
     "--ws-max-size",
@@ -460,6 +464,48 @@ def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> 
     show_default=True,
     help="Server and access logs as text lines or as one JSON object a line.",
 )
+# uvicorn's other options (compat.py, docs/migrating.md): every uvicorn flag is accepted.
+@click.option(
+    "--http2/--no-http2",
+    default=True,
+    show_default=True,
+    help="HTTP/2 beside HTTP/1.1: by ALPN on TLS, by prior knowledge or Upgrade on "
+    "cleartext. Not served yet: HTTP/1.1 only for now.",
+)
+@click.option(
+    "--http",
+    metavar="[auto|h11|httptools|zttp]",
+    default="auto",
+    show_default=True,
+    help="uvicorn's HTTP implementation choice: aserve always parses HTTP/1.1 with "
+    "httptools, and says so once for any other value than auto.",
+)
+@click.option(
+    "--use-colors/--no-use-colors",
+    default=None,
+    help="Colour the log level names. [default: when writing to a terminal]",
+)
+@click.option(
+    "--reload-delay",
+    type=click.FloatRange(min=0),
+    default=0.25,
+    show_default=True,
+    help="Seconds between looks for changed files with --reload.",
+)
+@click.option(
+    "--h11-max-incomplete-event-size",
+    type=click.IntRange(min=1),
+    default=None,
+    help="uvicorn's h11 buffer size: ignored (no h11 here; --limit-request-head bounds a "
+    "request head).",
+)
+@click.option(
+    "--reset-contextvars",
+    is_flag=True,
+    default=False,
+    help="uvicorn's: ignored, as every request already runs in its own copy of the context "
+    "the server started in.",
+)
 @click.option(
     "--version",
     is_flag=True,
@@ -525,7 +571,8 @@ def _settings(**options: Any) -> tuple[dict[str, Any], dict[str, str]]:
             sources[name] = "argument" if name == "app" else f"flag {_flag_name(params[name])}"
         elif source is ParameterSource.ENVIRONMENT:
             sources[name] = f"env {params[name].envvar}"
-    for name, setting in settings.load(os.environ, os.getcwd()).items():
+    env_file = options.get("env_file") if "env_file" in sources else None  # the flag's
+    for name, setting in settings.load(os.environ, os.getcwd(), env_file).items():
         own_variable = sources.get(name, "").startswith("env ")
         if name in sources and not (
             own_variable and setting.source.startswith(f"env {settings.ENV_PREFIX}")
@@ -554,23 +601,19 @@ def _flag_name(param: click.Parameter) -> str:
 
 
 def _print_config(options: dict[str, Any], sources: dict[str, str]) -> None:
-    """Every Config field with its effective value (after validation) and its source."""
-    import dataclasses
-
+    """Every setting with its effective value (after validation) and its source, then as
+    comments the listeners and the lines the server would log for options it ignores."""
     from aserve.config import Config
-    from aserve.settings import LEGACY_ENV
+    from aserve.settings import field_types
 
-    before = set(os.environ)
-    config = Config(**options)  # loads --env-file: its variables are read here, not before
-    for variable, name in LEGACY_ENV.items():
-        if name not in sources and os.environ.get(variable):  # Config read it (__post_init__)
-            from_file = "" if variable in before else f" (from {options['env_file']})"
-            sources[name] = f"env {variable}{from_file}"
-    for field in dataclasses.fields(config):
-        value = getattr(config, field.name)
-        click.echo(f"{field.name} = {_show(value)}  # {sources.get(field.name, 'default')}")
+    config = Config(**options)
+    for name in field_types():
+        value = getattr(config, name)
+        click.echo(f"{name} = {_show(value)}  # {sources.get(name, 'default')}")
     # What bind, uds, fd, host and port add up to (socket activation aside).
     click.echo(f"# listeners: {', '.join(str(address) for address in config.listeners)}")
+    for line in config.notices:
+        click.echo(f"# {line}")
 
 
 def _show(value: Any) -> str:

@@ -6,15 +6,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import ssl
 import string
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from configparser import RawConfigParser
 from dataclasses import KW_ONLY, dataclass, field
-from typing import Any, Literal
+from typing import IO, Any, Literal
 
-from aserve import addresses
+from aserve import addresses, compat
 from aserve.addresses import Address
 from aserve.errors import ConfigError
 from aserve.logging import ACCESS_LOG_FIELDS
@@ -27,6 +29,9 @@ WSSetting = Literal["auto", "websockets", "none"]
 LogFormat = Literal["text", "json"]
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
+
+# A field only Python can set (a callable): no flag, variable or pyproject.toml key (settings.py).
+PYTHON_ONLY = {"python_only": True}
 
 # Longer than the idle timeouts of common load balancers (AWS ALB 60 s, nginx upstream keepalive
 # 60 s), so the balancer always closes an idle connection first. A server that closes first races
@@ -75,8 +80,8 @@ class Config:
     port: int = 8000
     uds: str | None = None
     fd: int | None = None
-    loop: LoopSetting = "auto"
-    ws: WSSetting = "auto"
+    loop: LoopSetting | str = "auto"  # also uvicorn's "zuvloop", "none", "module:factory"
+    ws: WSSetting | str | type[asyncio.Protocol] = "auto"  # also uvicorn's (compat.py)
     ws_max_size: int = 16 * 1024 * 1024
     ws_max_queue: int = 32
     ws_ping_interval: float | None = 20.0
@@ -87,7 +92,7 @@ class Config:
     factory: bool = False
     app_dir: str | None = None
     env_file: str | os.PathLike[str] | None = None
-    log_config: dict[str, Any] | str | os.PathLike[str] | None = None
+    log_config: dict[str, Any] | str | os.PathLike[str] | RawConfigParser | IO[Any] | None = None
     log_level: str | int | None = None
     access_log: bool = True
     access_log_format: str | None = None
@@ -103,6 +108,10 @@ class Config:
     ssl_cert_reqs: int = ssl.CERT_NONE
     ssl_ca_certs: str | os.PathLike[str] | None = None
     ssl_ciphers: str | None = None  # None: Python's defaults (see tls.py)
+    # uvicorn's: called with (config, default factory) for the context to serve with.
+    ssl_context_factory: Callable[[Config, Callable[[], ssl.SSLContext]], ssl.SSLContext] | None = (
+        field(default=None, metadata=PYTHON_ONLY)
+    )
     timeout_ssl_handshake: float = DEFAULT_TIMEOUT_SSL_HANDSHAKE
     root_path: str = ""
     limit_concurrency: int | None = None
@@ -112,11 +121,24 @@ class Config:
     headers: list[tuple[str, str]] = field(default_factory=list)
     server_header: bool = True
     date_header: bool = True
+    # HTTP/2: on TLS by ALPN, on cleartext by prior knowledge or Upgrade (docs/cli.md).
+    http2: bool = True
+    # uvicorn's other settings (compat.py): `use_colors` and the notify callback work as
+    # uvicorn's; the rest choose implementations aserve lacks, and log one line saying so.
+    http: str | type[asyncio.Protocol] = "auto"
+    use_colors: bool | None = None
+    h11_max_incomplete_event_size: int | None = None
+    reset_contextvars: bool = False
+    timeout_notify: float = 30.0
+    callback_notify: Callable[[], Awaitable[None]] | None = field(
+        default=None, metadata=PYTHON_ONLY
+    )
     # --reload (reload.py): restart a child server when these files change.
     reload: bool = False
     reload_dirs: list[str] | None = None
     reload_includes: list[str] | None = None
     reload_excludes: list[str] | None = None
+    reload_delay: float = 0.25  # seconds between looks for changes, as uvicorn's
     # Metrics (Prometheus text on a listener of its own; off unless a port is given)
     metrics_port: int | None = None
     metrics_host: str = "127.0.0.1"
@@ -165,10 +187,10 @@ class Config:
         if self.forwarded_allow_ips is None:
             self.forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
         self._validate()
+        self.notices = compat.notices(self)  # logged once at start-up (compat.log_notices)
 
     def _validate(self) -> None:
-        _choice("loop", self.loop, ("auto", "asyncio", "uvloop"))
-        _choice("ws", self.ws, ("auto", "websockets", "none"))
+        self._validate_uvicorn()
         _choice("lifespan", self.lifespan, ("auto", "on", "off"))
         _choice("interface", self.interface, ("auto", "asgi3", "asgi2"))
         _choice("log_format", self.log_format, ("text", "json"))
@@ -202,7 +224,7 @@ class Config:
         if self.root_path and not self.root_path.startswith("/"):
             raise ConfigError(f"root_path must start with '/', got {self.root_path!r}")
         self.root_path = self.root_path.rstrip("/")
-        self.headers = [_check_header(name, value) for name, value in self.headers]
+        self.headers = [_check_header(name, value) for name, value in self.headers or ()]
         self._validate_metrics()
         self._validate_health()
         if self.access_log_format is not None:
@@ -246,6 +268,26 @@ class Config:
         if self.fd is not None:
             found.append(Address("fd", fd=self.fd))
         return found or [addresses.tcp(self.host, self.port)]
+
+    def _validate_uvicorn(self) -> None:
+        """uvicorn's value forms: its choices, import strings, classes, a string for a list."""
+        _implementation("loop", self.loop, compat.LOOP_CHOICES, 'a "module:attribute" loop factory')
+        _implementation("ws", self.ws, compat.WS_CHOICES, "a protocol class")
+        _implementation("http", self.http, compat.HTTP_CHOICES, "a protocol class")
+        for name in ("reload_dirs", "reload_includes", "reload_excludes"):
+            if isinstance(getattr(self, name), str | os.PathLike):  # one, as uvicorn takes it
+                setattr(self, name, [os.fspath(getattr(self, name))])
+        if not isinstance(self.reload_delay, int | float) or self.reload_delay < 0:
+            raise ConfigError(f"reload_delay must be 0 or more, got {self.reload_delay!r}")
+        if self.use_colors not in (None, True, False):
+            raise ConfigError(f"use_colors must be true, false or None, got {self.use_colors!r}")
+        if self.h11_max_incomplete_event_size is not None:
+            _positive("h11_max_incomplete_event_size", self.h11_max_incomplete_event_size)
+        if not isinstance(self.timeout_notify, int | float) or self.timeout_notify <= 0:
+            raise ConfigError(f"timeout_notify must be greater than 0, got {self.timeout_notify!r}")
+        for name in ("callback_notify", "ssl_context_factory"):
+            if getattr(self, name) is not None and not callable(getattr(self, name)):
+                raise ConfigError(f"{name} must be a callable, got {getattr(self, name)!r}")
 
     def _validate_metrics(self) -> None:
         port = self.metrics_port
@@ -338,6 +380,15 @@ def _choice(name: str, value: object, allowed: tuple[str, ...]) -> None:
         raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
 
 
+def _implementation(name: str, value: object, choices: tuple[str, ...], other: str) -> None:
+    """One of uvicorn's choices, a "module:attribute" import string, or (`other`) an object."""
+    if isinstance(value, str) and (value in choices or ":" in value):
+        return
+    if not isinstance(value, str) and other == "a protocol class" and isinstance(value, type):
+        return
+    raise ConfigError(f"{name} must be one of {', '.join(choices)} or {other}, got {value!r}")
+
+
 def _positive(name: str, value: int) -> None:
     if not isinstance(value, int) or value <= 0:
         raise ConfigError(f"{name} must be a positive integer, got {value!r}")
@@ -378,6 +429,14 @@ def check_access_log_format(fmt: str) -> None:
 
 def load_env_file(path: str | os.PathLike[str]) -> None:
     """Read KEY=VALUE lines into the environment; variables already set win, as with dotenv."""
+    for key, value in read_env_file(path).items():
+        if key not in os.environ:
+            os.environ[key] = value
+
+
+def read_env_file(path: str | os.PathLike[str]) -> dict[str, str]:
+    """An env file's KEY=VALUE lines (`#` comments, `export`, quotes), the last of a key winning."""
+    variables: dict[str, str] = {}
     try:
         with open(path, encoding="utf-8") as file:
             lines = file.read().splitlines()
@@ -398,5 +457,5 @@ def load_env_file(path: str | os.PathLike[str]) -> None:
             value = value[1:-1]
         elif " #" in value:
             value = value.split(" #", 1)[0].rstrip()
-        if key not in os.environ:
-            os.environ[key] = value
+        variables[key] = value
+    return variables

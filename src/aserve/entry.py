@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from aserve.compat import log_notices
 from aserve.config import Config
 from aserve.logging import configure_logging
 from aserve.server import Server
@@ -24,7 +25,14 @@ def serve(app: Any, **options: Any) -> None:
     (supervisor.py); a worker that keeps failing to start raises `WorkerStartupFailure`.
     """
     config = Config(app, **options)
-    configure_logging(config.log_config, config.log_level, config.access_log, config.log_format)
+    configure_logging(
+        config.log_config,
+        config.log_level,
+        config.access_log,
+        config.log_format,
+        use_colors=config.use_colors,
+    )
+    log_notices(config)  # once, here: not again by each worker or reloaded server
     if config.reload:
         from aserve.reload import run_reloader  # multiprocessing and more: not at every start
 

@@ -31,12 +31,13 @@ LEVELS = {
     "trace": TRACE,
 }
 
+_DEFAULT_FORMATTER = "aserve.logging.DefaultFormatter"
 LOGGING_CONFIG: dict[str, Any] = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {
-        "default": {"()": "aserve.logging.DefaultFormatter", "fmt": "%(levelprefix)s %(message)s"},
-        "access": {"()": "aserve.logging.DefaultFormatter", "fmt": "%(levelprefix)s %(message)s"},
+        "default": {"()": _DEFAULT_FORMATTER, "fmt": "%(levelprefix)s %(message)s"},
+        "access": {"()": _DEFAULT_FORMATTER, "fmt": "%(levelprefix)s %(message)s"},
     },
     "handlers": {
         "default": {
@@ -135,25 +136,50 @@ def _iso_time(created: float) -> str:
 
 
 def configure_logging(
-    log_config: dict[str, Any] | str | os.PathLike[str] | None,
+    log_config: Any,
     log_level: str | int | None,
     access_log: bool,
     log_format: str = "text",
+    use_colors: bool | None = None,
 ) -> None:
     """Apply the default config in the chosen format (or the user's file or dict, which then
-    decides the format), then the level and access switch."""
+    decides the format), then the level and access switch.
+
+    `log_config` takes uvicorn's forms: a dictConfig dict, a .json/.yaml/.ini path, or a
+    `configparser.RawConfigParser` or open file for `fileConfig`. `use_colors` (None: colours
+    on a terminal) applies to aserve's text format, also where a dict config uses it.
+    """
     if log_config is None:
-        logging.config.dictConfig(JSON_LOGGING_CONFIG if log_format == "json" else LOGGING_CONFIG)
+        if log_format == "json":
+            logging.config.dictConfig(JSON_LOGGING_CONFIG)
+        else:
+            logging.config.dictConfig(_with_colours(LOGGING_CONFIG, use_colors))
     elif isinstance(log_config, dict):
-        logging.config.dictConfig(log_config)
-    else:
+        logging.config.dictConfig(_with_colours(log_config, use_colors))
+    elif isinstance(log_config, str | os.PathLike):
         _load_log_config_file(os.fspath(log_config))
+    else:  # a RawConfigParser or an open file
+        logging.config.fileConfig(log_config, disable_existing_loggers=False)
     if log_level is not None:
         set_log_level(log_level)
     if not access_log:
         access = logging.getLogger("aserve.access")
         access.handlers = []
         access.propagate = False
+
+
+def _with_colours(config: dict[str, Any], use_colors: bool | None) -> dict[str, Any]:
+    """`config` (a copy) with `use_colors` given to every formatter that is aserve's text one
+    (another formatter class may not take the argument)."""
+    if use_colors is None:
+        return config
+    formatters = {
+        name: {**spec, "use_colors": use_colors}
+        if isinstance(spec, dict) and spec.get("()") in (DefaultFormatter, _DEFAULT_FORMATTER)
+        else spec
+        for name, spec in config.get("formatters", {}).items()
+    }
+    return {**config, "formatters": formatters}
 
 
 def set_log_level(log_level: str | int) -> None:

@@ -158,6 +158,11 @@ class Reloader:
                     self._start()
                 else:
                     self._report_exit()
+                # uvicorn's --reload-delay: a pause between looks, so a burst of changes (a
+                # checkout, an editor's save) restarts once. watchfiles keeps what changes
+                # meanwhile for the next look.
+                if self.config.reload_delay and self.stop.wait(self.config.reload_delay):
+                    break
         finally:
             self._terminate()
             for sock in self.sockets:
@@ -224,7 +229,13 @@ def _serve_child(config: Config, sockets: list[socket.socket]) -> None:
     from aserve.lifespan import LifespanFailure
     from aserve.server import Server
 
-    configure_logging(config.log_config, config.log_level, config.access_log, config.log_format)
+    configure_logging(
+        config.log_config,
+        config.log_level,
+        config.access_log,
+        config.log_format,
+        use_colors=config.use_colors,
+    )
     config.drain_delay = 0.0  # this process's copy: a file change restarts at once, no drain
     server = Server(config)
     server.systemd_notify = False  # a development server; the parent is what systemd started

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Coroutine, Iterator
 from typing import Any
 
-from aserve import systemd
+from aserve import compat, systemd
 from aserve.balance import AcceptSlot
 from aserve.config import Config
 from aserve.edge import Edge
@@ -32,7 +32,7 @@ from aserve.protocols.http import HttpProtocol
 from aserve.proxy import parse_trusted
 from aserve.sockets import bind_sockets, describe, describe_listener, remove_unix_files
 from aserve.state import ServerState
-from aserve.tls import TLSInfo, create_ssl_context
+from aserve.tls import TLSInfo, server_ssl_context
 
 _TICK = 0.1  # how often the main loop looks at should_exit and refreshes the Date header
 
@@ -50,6 +50,8 @@ class Server:
     """
 
     systemd_notify = True
+    # Whether this server logs the config's ignored-option lines (compat.py): not a worker's.
+    log_notices = True
     # Whether the listening sockets are shared with other processes (workers): see listener.py.
     shared_sockets = False
     # This worker's slot in the supervisor's accept counts, to share bursts (balance.py).
@@ -99,9 +101,11 @@ class Server:
         config = self.config
         loop = asyncio.get_running_loop()
         error_logger.info("Started server process [%d]", os.getpid())
+        if self.log_notices:
+            compat.log_notices(config)
         base_context = contextvars.copy_context()
         owned = sockets is None
-        ssl_context = create_ssl_context(config)  # a bad certificate fails before binding
+        ssl_context = server_ssl_context(config)  # a bad certificate fails before binding
         if sockets is None:  # fail fast, before the app starts up
             sockets, self._from_systemd = bind_sockets(config)
             self._unlink_on_exit = not self._from_systemd
@@ -183,7 +187,11 @@ class Server:
             pass
         elif config.log_config is not None or not logging.getLogger().handlers:
             configure_logging(
-                config.log_config, config.log_level, config.access_log, config.log_format
+                config.log_config,
+                config.log_level,
+                config.access_log,
+                config.log_format,
+                use_colors=config.use_colors,
             )
             return
         if config.log_level is not None:
@@ -195,7 +203,7 @@ class Server:
             for sock in self.sockets:
                 error_logger.info("aserve running on %s (socket from systemd)", describe(sock))
             return
-        scheme = "https" if config.ssl_certfile is not None else "http"
+        scheme = "https" if self.state and self.state.tls_info else "http"
         for address, sock in zip(config.listeners, self.sockets, strict=False):
             where = describe_listener(address, sock, scheme)
             error_logger.info("aserve running on %s (Press CTRL+C to quit)", where)
@@ -273,6 +281,8 @@ class Server:
         # Pinged from this loop, not a thread: a blocked event loop stops the pings.
         watchdog = systemd.watchdog_period() if self.systemd_notify else None
         next_ping = 0.0
+        notify = self.config.callback_notify  # uvicorn's: an embedder's heartbeat
+        next_notify = time.monotonic() + self.config.timeout_notify
         while not self.should_exit:
             if self._drain_signal is not None:
                 self._drain_step()
@@ -281,6 +291,9 @@ class Server:
             if watchdog is not None and time.monotonic() >= next_ping:
                 systemd.notify("WATCHDOG=1")
                 next_ping = time.monotonic() + watchdog
+            if notify is not None and time.monotonic() >= next_notify:
+                next_notify = time.monotonic() + self.config.timeout_notify
+                await notify()
             await asyncio.sleep(_TICK)
             now = int(time.time())
             if now != second:
@@ -401,8 +414,14 @@ class Server:
 
 
 def loop_factory(setting: str) -> Callable[[], asyncio.AbstractEventLoop]:
-    """uvloop when asked for or (with "auto") when installed; asyncio's loop otherwise."""
-    if setting in ("auto", "uvloop"):
+    """uvloop when asked for or (with "auto") when installed; asyncio's loop otherwise.
+
+    As uvicorn's: "zuvloop" is taken as "auto" (compat.py logs so), "none" is asyncio's own,
+    and a "module:attribute" string names a loop factory to import.
+    """
+    if ":" in setting:
+        return _import_loop_factory(setting)
+    if setting in ("auto", "uvloop", "zuvloop"):
         try:
             import uvloop
         except ImportError:
@@ -415,6 +434,19 @@ def loop_factory(setting: str) -> Callable[[], asyncio.AbstractEventLoop]:
         else:
             return uvloop.new_event_loop
     return asyncio.new_event_loop
+
+
+def _import_loop_factory(target: str) -> Callable[[], asyncio.AbstractEventLoop]:
+    from aserve.errors import ConfigError
+    from aserve.importer import AppLoadError, import_from_string
+
+    try:
+        factory = import_from_string(target)
+    except AppLoadError as exc:
+        raise ConfigError(f"loop {target!r}: {exc}") from None
+    if not callable(factory):
+        raise ConfigError(f"loop {target!r} is not a callable loop factory")
+    return factory  # type: ignore[no-any-return]
 
 
 def run(coro: Coroutine[Any, Any, None], loop: str = "auto") -> None:

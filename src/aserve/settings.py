@@ -2,7 +2,8 @@
 
 Both are derived from `Config`'s fields and their type hints, so a field added to `Config` can
 be set both ways with no change here. This module only reads and converts; `Config` validates.
-Precedence (applied by the CLI): flags > environment > pyproject.toml > defaults.
+Precedence (applied by the CLI): flags > environment > pyproject.toml > defaults, where the
+environment includes the variables of an --env-file that the process environment lacks.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Union
 
-from aserve.config import Config
+from aserve.config import Config, read_env_file
 from aserve.errors import ConfigError
 
 ENV_PREFIX = "ASERVE_"
@@ -52,9 +53,14 @@ class Setting:
 
 
 def field_types() -> dict[str, Any]:
-    """Config's settable fields and their type hints, in declaration order."""
+    """Config's settable fields and their type hints, in declaration order (not the
+    callables only Python can give)."""
     hints = typing.get_type_hints(Config)
-    return {f.name: hints[f.name] for f in dataclasses.fields(Config) if f.init}
+    return {
+        f.name: hints[f.name]
+        for f in dataclasses.fields(Config)
+        if f.init and not f.metadata.get("python_only")
+    }
 
 
 def is_reserved(key: str) -> bool:
@@ -65,11 +71,43 @@ def env_name(field: str) -> str:
     return ENV_PREFIX + field.upper()
 
 
-def load(environ: Mapping[str, str], directory: str | os.PathLike[str]) -> dict[str, Setting]:
-    """Settings from the environment and from `directory`'s pyproject.toml, environment first."""
+def load(
+    environ: Mapping[str, str],
+    directory: str | os.PathLike[str],
+    env_file: str | os.PathLike[str] | None = None,
+) -> dict[str, Setting]:
+    """Settings from the environment and from `directory`'s pyproject.toml, environment first.
+
+    The env file (`env_file`, else the one these settings name) counts as the environment for
+    the variables the environment does not have, as when it is loaded with dotenv.
+    """
     settings = from_pyproject(Path(directory) / PYPROJECT)
     settings.update(from_environment(environ))
+    if env_file is None and "env_file" in settings:
+        env_file = settings["env_file"].value
+    if env_file is not None:
+        settings.update(from_env_file(env_file, environ))
     return settings
+
+
+def from_env_file(path: str | os.PathLike[str], environ: Mapping[str, str]) -> dict[str, Setting]:
+    """The settings an env file adds to `environ`: its ASERVE_* and legacy variables that
+    `environ` lacks, each credited to the file (`env ASERVE_PORT (from .env)`)."""
+    name = os.fspath(path)
+    added = {key: value for key, value in read_env_file(path).items() if key not in environ}
+    try:
+        merged = from_environment({**environ, **added})
+    except ConfigError as exc:  # `environ` alone was read already: the file's variable
+        raise ConfigError(f"env file {name!r}: {exc}") from None
+    found = {}
+    for field, setting in merged.items():
+        variable = setting.source.removeprefix("env ")
+        if variable not in added:
+            continue
+        if field == "env_file":
+            raise ConfigError(f"env file {name!r}: {variable} cannot name another env file")
+        found[field] = Setting(setting.value, f"{setting.source} (from {name})")
+    return found
 
 
 def from_environment(environ: Mapping[str, str]) -> dict[str, Setting]:

@@ -1,9 +1,9 @@
 """TLS: the `ssl.SSLContext` built from the `--ssl-*` settings, and the ASGI `tls` extension.
 
 Flag names and meanings are uvicorn's (`--ssl-cert-reqs` is `ssl.VerifyMode` as an int, 0 none,
-1 optional, 2 required; `--ssl-version` an `ssl.PROTOCOL_*` int), with one difference: the
-cipher list defaults to Python's own, not uvicorn's "TLSv1", which leaves out every TLS 1.2
-AEAD suite (AES-GCM, ChaCha20). The extension follows the ASGI TLS extension spec 0.2.
+1 optional, 2 required; `--ssl-version` an `ssl.PROTOCOL_*` int). The cipher list defaults to
+Python's own, as uvicorn 0.55's does (older uvicorn's "TLSv1" left out every TLS 1.2 AEAD
+suite). The extension follows the ASGI TLS extension spec 0.2.
 """
 
 from __future__ import annotations
@@ -41,6 +41,30 @@ _RFC4514_NAMES = {
 _PEM_CERTIFICATE = re.compile(
     r"-----BEGIN CERTIFICATE-----\r?\n.+?\r?\n-----END CERTIFICATE-----", re.DOTALL
 )
+
+
+def server_ssl_context(config: Config) -> ssl.SSLContext | None:
+    """The context to serve with: `config.ssl_context_factory`'s when given (uvicorn's
+    hook, called with the config and a function building the context from the `--ssl-*`
+    settings), else the one those settings make, or None when TLS is off."""
+    factory = config.ssl_context_factory
+    if factory is None:
+        return create_ssl_context(config)
+
+    def default_factory() -> ssl.SSLContext:
+        context = create_ssl_context(config)
+        if context is None:
+            raise ConfigError(
+                "ssl_context_factory called the default factory, which needs ssl_certfile"
+            )
+        return context
+
+    context = factory(config, default_factory)
+    if not isinstance(context, ssl.SSLContext):
+        raise ConfigError(
+            f"ssl_context_factory must return an ssl.SSLContext, got {type(context).__name__}"
+        )
+    return context
 
 
 def create_ssl_context(config: Config) -> ssl.SSLContext | None:

@@ -161,6 +161,7 @@ class WorkerServer(Server):
 
     systemd_notify = False  # the supervisor speaks to systemd for the whole service
     serves_health = False  # and answers the health probes (--health-port) for it
+    log_notices = False  # and logs the ignored options once
     shared_sockets = True  # a small accept batch, then yield to the siblings (listener.py)
 
     def __init__(

@@ -11,6 +11,20 @@ async def hello(scope, receive, send):
     await send({"type": "http.response.body", "body": b"hello"})
 
 
+async def echo(scope, receive, send):
+    """hello over HTTP; a WebSocket gets its messages back."""
+    if scope["type"] != "websocket":
+        return await hello(scope, receive, send)
+    while True:
+        message = await receive()
+        if message["type"] == "websocket.connect":
+            await send({"type": "websocket.accept"})
+        elif message["type"] == "websocket.receive":
+            await send({"type": "websocket.send", "text": message.get("text")})
+        else:
+            return
+
+
 async def _lifespan(receive, send):
     while True:
         message = await receive()
