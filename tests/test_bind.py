@@ -165,6 +165,12 @@ def test_ipv6_and_dual_stack_listeners(tmp_path):
         seen = get_json(f"http://127.0.0.1:{dual}/")
         assert seen["server"] == ["::ffff:127.0.0.1", dual]  # IPv4 on the IPv6 socket
         assert seen["client"][0] == "::ffff:127.0.0.1"
+        # A proxy on loopback reaching it over IPv4 is the trusted 127.0.0.1 (the default).
+        with httpx.Client(timeout=10) as client:
+            forwarded = client.get(
+                f"http://127.0.0.1:{dual}/", headers={"x-forwarded-for": "203.0.113.7"}
+            )
+        assert forwarded.json()["client"][0] == "203.0.113.7"
 
 
 def start(*args: str, **popen) -> AserveProcess:

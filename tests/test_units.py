@@ -78,6 +78,9 @@ def test_trusted_proxies():
     assert "1.2.3.4" in parse_trusted("*")
     with pytest.raises(ConfigError):
         parse_trusted("10.0.0.0/33")
+    # An IPv4 peer of a dual-stack listener ([::]:PORT) is its IPv4 address.
+    assert "::ffff:127.0.0.1" in trusted and "::ffff:10.9.8.7" in trusted
+    assert "::ffff:192.168.0.1" not in trusted
 
 
 def test_forwarded_for_takes_rightmost_untrusted_hop():

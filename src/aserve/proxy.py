@@ -63,6 +63,12 @@ class TrustedProxies:
             address = ipaddress.ip_address(host)
         except ValueError:
             return False
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            # An IPv4 peer of a dual-stack listener ([::]:PORT) shows as ::ffff:a.b.c.d: it is
+            # the IPv4 address the list names (127.0.0.1 for a proxy on loopback).
+            mapped = address.ipv4_mapped
+            if any(mapped in network for network in self._networks):
+                return True
         return any(address in network for network in self._networks)
 
     def client_from_forwarded_for(self, header: str) -> str | None:
