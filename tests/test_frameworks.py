@@ -1,4 +1,5 @@
-"""Frameworks end to end: FastAPI, Starlette, Django/channels, Litestar, Quart, Socket.IO, SSE."""
+"""Frameworks end to end: FastAPI, Starlette, Django (ASGI, channels and WSGI), Litestar, Quart,
+Socket.IO, SSE, and Flask (WSGI)."""
 
 import asyncio
 import contextlib
@@ -119,6 +120,24 @@ async def django_stream(request):
     return StreamingHttpResponse(lines(), content_type="text/plain")
 
 
+def django_sync_stream(request):
+    from django.http import StreamingHttpResponse
+
+    return StreamingHttpResponse((f"line {i}\n" for i in range(3)), content_type="text/plain")
+
+
+def django_client(request):
+    from django.http import JsonResponse
+
+    return JsonResponse(
+        {
+            "remote": request.META.get("REMOTE_ADDR"),
+            "secure": request.is_secure(),
+            "uri": request.build_absolute_uri(),
+        }
+    )
+
+
 def _urlpatterns():
     from django.urls import path
     from django.views.decorators.csrf import csrf_exempt
@@ -127,6 +146,8 @@ def _urlpatterns():
         path("hello", django_hello),
         path("upload", csrf_exempt(django_upload)),
         path("stream", django_stream),
+        path("sync-stream", django_sync_stream),
+        path("client", django_client),
     ]
 
 
@@ -151,6 +172,148 @@ def test_django_end_to_end(django_app):
     assert streamed.text == "line 0\nline 1\nline 2\n"
     assert streamed.headers["transfer-encoding"] == "chunked"
     assert missing.status_code == 404
+
+
+def test_django_wsgi_handler_end_to_end(django_app):
+    """Django's WSGI handler, found by --interface auto: sync views, the body read from
+    wsgi.input, a streamed response, SCRIPT_NAME from root_path, proxy headers, and
+    request_finished (sent from the response's close()) for every request."""
+    from django.core.signals import request_finished
+    from django.core.wsgi import get_wsgi_application
+
+    from aserve.importer import detect_interface
+
+    handler = get_wsgi_application()
+    assert detect_interface(handler) == "wsgi"
+    finished = []
+
+    def on_finished(sender, **kwargs):
+        finished.append(threading.current_thread().name)
+
+    request_finished.connect(on_finished)
+    try:
+        with (
+            serve(handler, root_path="/mount") as server,
+            httpx.Client(base_url=server.url) as client,
+        ):
+            hello = client.get("/hello", params={"name": "wsgi"})
+            upload = client.post("/upload", content=b"x" * 300_000)
+            streamed = client.get("/sync-stream")
+            missing = client.get("/missing")
+            proxied = client.get(
+                "/client", headers={"X-Forwarded-For": "203.0.113.7", "X-Forwarded-Proto": "https"}
+            )
+            port = server.port
+    finally:
+        request_finished.disconnect(on_finished)
+    assert hello.status_code == 200
+    assert hello.text == "hello wsgi via GET"
+    assert upload.json() == {"size": 300_000, "path": "/mount/upload"}
+    assert streamed.text == "line 0\nline 1\nline 2\n"
+    assert streamed.headers["transfer-encoding"] == "chunked"
+    assert missing.status_code == 404
+    assert proxied.json() == {
+        "remote": "203.0.113.7",
+        "secure": True,
+        "uri": f"https://127.0.0.1:{port}/mount/client",
+    }
+    assert len(finished) == 5 and all(name.startswith("aserve-wsgi-") for name in finished)
+
+
+def make_flask_app(closed: list):
+    from flask import Flask, Response, request, send_file, stream_with_context, url_for
+
+    app = Flask(__name__)
+    # Flask's own handler, which writes to wsgi.errors (Flask leaves it out when a handler is
+    # already set up above its logger, as pytest's is).
+    from flask.logging import default_handler
+
+    app.logger.addHandler(default_handler)
+    app.logger.propagate = False
+
+    @app.get("/hello")
+    def hello():
+        return f"hello {request.args.get('name', 'flask')}"
+
+    @app.post("/form")
+    def form():
+        return {
+            "fields": request.form.to_dict(),
+            "files": {name: len(file.read()) for name, file in request.files.items()},
+        }
+
+    @app.post("/stream-upload")
+    def stream_upload():
+        pieces = []
+        while True:
+            piece = request.stream.read(65536)
+            if not piece:
+                break
+            pieces.append(len(piece))
+        return {"total": sum(pieces), "pieces": len(pieces)}
+
+    @app.get("/stream")
+    def stream():
+        def numbers():
+            for i in range(3):
+                yield f"{request.args['prefix']}{i}\n"
+
+        response = Response(stream_with_context(numbers()), mimetype="text/plain")
+        response.call_on_close(lambda: closed.append("stream"))
+        return response
+
+    @app.get("/file")
+    def file():
+        return send_file(app.config["FILE"], mimetype="application/octet-stream")
+
+    @app.get("/url")
+    def url():
+        return url_for("hello", _external=True)
+
+    @app.get("/error")
+    def error():
+        raise ValueError("flask view failed")
+
+    return app
+
+
+def test_flask_end_to_end(tmp_path, caplog):
+    import logging
+
+    closed: list = []
+    app = make_flask_app(closed)
+    data = os.urandom(1_000_000)
+    app.config["FILE"] = tmp_path / "data.bin"
+    app.config["FILE"].write_bytes(data)
+    caplog.set_level(logging.ERROR, logger="aserve.error")
+    with (
+        serve(app, root_path="/app") as server,
+        httpx.Client(base_url=server.url) as client,
+    ):
+        hello = client.get("/hello", params={"name": "wsgi"})
+        head = client.head("/hello")
+        form = client.post("/form", data={"a": "1"}, files={"f": ("f.bin", b"z" * 70_000)})
+        upload = client.post("/stream-upload", content=iter([b"u" * 100_000] * 10))
+        streamed = client.get("/stream", params={"prefix": "n"})
+        whole = client.get("/file")
+        url = client.get("/url")
+        failed = client.get("/error")
+        missing = client.get("/missing")
+        port = server.port
+    assert hello.text == "hello wsgi" and hello.headers["content-length"] == "10"
+    assert head.status_code == 200 and head.content == b""
+    assert head.headers["content-length"] == "11"
+    assert form.json() == {"fields": {"a": "1"}, "files": {"f": 70_000}}
+    assert upload.json()["total"] == 1_000_000 and upload.json()["pieces"] > 1
+    assert streamed.text == "n0\nn1\nn2\n" and closed == ["stream"]
+    assert whole.content == data
+    assert url.text == f"http://127.0.0.1:{port}/app/hello"
+    assert failed.status_code == 500
+    assert missing.status_code == 404
+    # Flask logs to wsgi.errors: the error log has its line and traceback as one record.
+    logged = [r.getMessage() for r in caplog.records if "flask view failed" in r.getMessage()]
+    assert len(logged) == 1 and "Exception on /error [GET]" in logged[0]
+    assert "Traceback" in logged[0]
 
 
 def test_django_channels_websocket(django_app):

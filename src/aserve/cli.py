@@ -23,6 +23,7 @@ from aserve.config import (
     DEFAULT_TIMEOUT_SSL_HANDSHAKE,
     DEFAULT_TIMEOUT_WORKER_HEALTHCHECK,
     DEFAULT_TIMEOUT_WORKER_STARTUP,
+    DEFAULT_WSGI_THREADS,
     LOG_LEVELS,
     ConfigError,
     parse_header_option,
@@ -127,10 +128,18 @@ def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> 
 )
 @click.option(
     "--interface",
-    type=click.Choice(["auto", "asgi3", "asgi2"]),
+    type=click.Choice(["auto", "asgi3", "asgi2", "wsgi"]),
     default="auto",
     show_default=True,
-    help="Application interface.",
+    help="Application interface; auto tells ASGI 3, ASGI 2 and WSGI apps apart.",
+)
+# WSGI apps (wsgi.py)
+@click.option(
+    "--wsgi-threads",
+    type=click.IntRange(min=1),
+    default=DEFAULT_WSGI_THREADS,
+    show_default=True,
+    help="Threads running a WSGI app, per process: how many of its requests run at once.",
 )
 # --reload (reload.py): development restarts, uvicorn's flag names and defaults.
 @click.option(

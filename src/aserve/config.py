@@ -24,7 +24,7 @@ from aserve.proxy import parse_trusted
 
 LoopSetting = Literal["auto", "asyncio", "uvloop"]
 LifespanSetting = Literal["auto", "on", "off"]
-InterfaceSetting = Literal["auto", "asgi3", "asgi2"]
+InterfaceSetting = Literal["auto", "asgi3", "asgi2", "wsgi"]
 WSSetting = Literal["auto", "websockets", "none"]
 LogFormat = Literal["text", "json"]
 
@@ -64,6 +64,13 @@ DEFAULT_TIMEOUT_WORKER_STARTUP = 60.0
 # may pause (a phone changing networks), so its idle timeout is nginx's client_body_timeout.
 DEFAULT_TIMEOUT_REQUEST_HEADER = 20.0
 DEFAULT_TIMEOUT_REQUEST_BODY_IDLE = 60.0
+
+# WSGI apps (wsgi.py): threads per process running the app. A WSGI app blocks a thread for a
+# whole request, so this is how many requests a process serves at once. Threads overlap only the
+# waits (database, upstream calls: the GIL is released); more of them add no CPU, and each may
+# hold per-thread resources (Django keeps a database connection per thread, so workers x
+# threads connections). 10 is uvicorn's WSGI pool, so a migrated app sees the same concurrency.
+DEFAULT_WSGI_THREADS = 10
 
 
 @dataclass
@@ -172,6 +179,8 @@ class Config:
     health_port: int | None = None
     health_host: str = "127.0.0.1"
     drain_delay: float = 0.0
+    # WSGI apps (wsgi.py): --interface wsgi, or auto finding a WSGI callable.
+    wsgi_threads: int = DEFAULT_WSGI_THREADS
 
     def __post_init__(self) -> None:
         if self.env_file is not None:
@@ -192,7 +201,8 @@ class Config:
     def _validate(self) -> None:
         self._validate_uvicorn()
         _choice("lifespan", self.lifespan, ("auto", "on", "off"))
-        _choice("interface", self.interface, ("auto", "asgi3", "asgi2"))
+        _choice("interface", self.interface, ("auto", "asgi3", "asgi2", "wsgi"))
+        _positive("wsgi_threads", self.wsgi_threads)
         _choice("log_format", self.log_format, ("text", "json"))
         if not self.ws_close_timeout > 0:
             raise ConfigError(

@@ -1,4 +1,4 @@
-"""Turning ``module:attribute`` into an ASGI 3 callable."""
+"""Turning ``module:attribute`` into an ASGI 3 callable: ASGI 2 and WSGI apps are adapted."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ from typing import Any
 
 from aserve.asgi import ASGI2Adapter, ASGIApp
 from aserve.config import Config, ConfigError
+from aserve.logging import error_logger
+from aserve.wsgi import WSGIAdapter
 
 
 class AppLoadError(ConfigError):
@@ -60,8 +62,52 @@ def load_app(config: Config) -> ASGIApp:
         raise AppLoadError(f"the app is not callable: {type(app).__name__}")
     interface = config.interface
     if interface == "auto":
-        interface = "asgi3" if _is_asgi3(app) else "asgi2"
+        interface = detect_interface(app)
+        if interface == "wsgi":
+            error_logger.info(
+                "The app is a WSGI callable: serving it from %d thread(s) (--wsgi-threads)",
+                config.wsgi_threads,
+            )
+    if interface == "wsgi":
+        workers = config.workers or 1
+        return WSGIAdapter(app, threads=config.wsgi_threads, multiprocess=workers > 1)
     return ASGI2Adapter(app) if interface == "asgi2" else app
+
+
+def detect_interface(app: Any) -> str:
+    """`--interface auto`: "asgi3", "asgi2" or "wsgi", from how the app is called.
+
+    1. ASGI 3 if calling it gives a coroutine: an `async def` function or `__call__`, or a
+       class with `__await__` (uvicorn's rule).
+    2. Otherwise its signature decides (`inspect.signature`: a function's parameters, a class's
+       `__init__`, an object's `__call__`, through `functools.partial` and `functools.wraps`):
+       exactly two positional arguments, not one, is WSGI's `app(environ, start_response)`
+       (Flask, Django's WSGIHandler, WSGI middleware); exactly three, not two, is an ASGI 3
+       app returning an awaitable from a plain call (never a class, whose call returns an
+       instance).
+    3. Anything else is ASGI 2, `app(scope)` returning the instance to await, as before: one
+       argument, `*args` that takes any number, or no signature to read.
+    """
+    if _is_asgi3(app):
+        return "asgi3"
+    try:
+        signature = inspect.signature(app)
+    except (TypeError, ValueError):
+        return "asgi2"
+    takes = [_binds(signature, count) for count in (1, 2, 3)]
+    if takes[1] and not takes[0]:
+        return "wsgi"
+    if takes[2] and not takes[1] and not inspect.isclass(app):
+        return "asgi3"
+    return "asgi2"
+
+
+def _binds(signature: inspect.Signature, count: int) -> bool:
+    try:
+        signature.bind(*range(count))
+    except TypeError:
+        return False
+    return True
 
 
 def _looks_like_factory(app: Any) -> bool:
