@@ -90,6 +90,7 @@ def test_unix_socket_peer_trust_follows_the_list():
     assert parse_trusted("127.0.0.1").unix
     assert parse_trusted("::1, 10.0.0.1").unix
     assert parse_trusted("unix:").unix
+    assert parse_trusted("10.0.0.1,/run/app.sock").unix  # a socket path, uvicorn's literal
     assert not parse_trusted("10.0.0.1").unix
     assert not parse_trusted("").unix
 
@@ -125,7 +126,14 @@ XFF = (
 
 
 @pytest.mark.parametrize(
-    ("allow", "trusted"), [(None, True), ("*", True), ("unix:", True), ("10.0.0.1", False)]
+    ("allow", "trusted"),
+    [
+        (None, True),
+        ("*", True),
+        ("unix:", True),
+        ("10.0.0.1,/x/app.sock", True),
+        ("10.0.0.1", False),
+    ],
 )
 def test_proxy_headers_over_a_unix_socket(tmp_path, loop_name, allow, trusted):
     """nginx in front over a Unix socket: its X-Forwarded-* are believed as the list says."""

@@ -101,7 +101,7 @@ def samples(tmp_path: Path) -> dict[str, str]:
         "ws_per_message_deflate": "false",
         "env_file": str(env_file),
         "log_config": str(log_config),
-        "forwarded_allow_ips": "10.0.0.0/8,127.0.0.1",
+        "forwarded_allow_ips": "10.0.0.0/8,127.0.0.1,/run/app.sock",  # uvicorn's literal too
         "root_path": "/api",
         "limit_concurrency": "10",
         "backlog": "100",

@@ -34,11 +34,12 @@ class TrustedProxies:
                 self._literals.add(entry)
         self._cache: dict[str, bool] = {}
         # A peer on a Unix socket is a process on this machine, like one on loopback: trusted
-        # when the list trusts everyone, local addresses (the default 127.0.0.1) or "unix:".
+        # when the list trusts everyone, local addresses (the default 127.0.0.1), "unix:" or
+        # a socket path (the literal uvicorn's help suggests).
         self.unix = (
             self._everyone
             or any(network.is_loopback for network in self._networks)
-            or any(literal.startswith("unix:") for literal in self._literals)
+            or any(literal.startswith(("unix:", "/")) for literal in self._literals)
         )
 
     def trusts_peer(self, host: str) -> bool:
@@ -90,7 +91,7 @@ def parse_trusted(value: str | Sequence[str] | None) -> TrustedProxies:
         entries = [str(item).strip() for item in value]
     for entry in entries:
         looks_like_address = "/" in entry or entry.replace(".", "").isdigit()
-        if entry != "*" and not entry.startswith("unix:") and looks_like_address:
+        if entry != "*" and not entry.startswith(("unix:", "/")) and looks_like_address:
             try:
                 ipaddress.ip_network(entry, strict=False)
             except ValueError:
