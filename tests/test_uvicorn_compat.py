@@ -137,21 +137,8 @@ def cases(param: click.Option) -> list[tuple[str, ...]]:
     return [(flag, f"<{param.name}>")]  # the sample, made in the test's tmp_path
 
 
-# Being added beside this work (WSGI apps, issue 18); until then uvicorn's value is refused.
-NOT_YET = {
-    ("--interface", "wsgi"): "wsgi"
-    not in getattr(ASERVE_OPTIONS["--interface"].type, "choices", ()),
-}
-
 CASES = [
-    pytest.param(
-        param,
-        args,
-        id=" ".join(args),
-        marks=[pytest.mark.xfail(NOT_YET[args], reason="not yet", strict=True)]
-        if args in NOT_YET
-        else [],
-    )
+    pytest.param(param, args, id=" ".join(args))
     for param in UVICORN_OPTIONS
     if param.name != "version"
     for args in cases(param)
