@@ -609,3 +609,48 @@ def test_print_config_shows_the_lines_of_ignored_options(tmp_path):
         "# --ws wsproto: aserve runs WebSockets on websockets' sans-I/O layer (--ws auto); "
         "option ignored",
     ]
+
+
+LOOP_FACTORY = """
+import asyncio
+
+
+class MyLoop(asyncio.SelectorEventLoop):
+    pass
+
+
+def factory():
+    return MyLoop()
+
+
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    name = type(asyncio.get_running_loop()).__name__.encode()
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": name})
+"""
+
+
+def test_a_loop_factory_beside_the_app_as_uvicorn_finds_it(tmp_path):
+    """`--loop module:attribute` (uvicorn's form) with the module in --app-dir, not the
+    working directory: it is imported before the app, from there."""
+    (tmp_path / "project").mkdir()
+    (tmp_path / "project" / "myloop.py").write_text(LOOP_FACTORY)
+    server = AserveProcess(
+        "myloop:app",
+        "--app-dir",
+        str(tmp_path / "project"),
+        "--loop",
+        "myloop:factory",
+        "--lifespan",
+        "off",
+        "--port",
+        "0",
+        cwd=tmp_path,
+    )
+    try:
+        port = server.wait_for_port()
+        assert httpx.get(f"http://127.0.0.1:{port}/").text == "MyLoop"
+    finally:
+        assert server.stop() == 0

@@ -6,6 +6,7 @@ them imports another's caller.
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from aserve.compat import log_notices
@@ -33,6 +34,10 @@ def serve(app: Any, **options: Any) -> None:
         use_colors=config.use_colors,
     )
     log_notices(config)  # once, here: not again by each worker or reloaded server
+    if ":" in str(config.loop) and config.app_dir and config.app_dir not in sys.path:
+        # A "module:attribute" loop factory is imported before the app: find it beside the
+        # app, as uvicorn does (it puts --app-dir on sys.path first thing).
+        sys.path.insert(0, config.app_dir)
     if config.reload:
         from aserve.reload import run_reloader  # multiprocessing and more: not at every start
 
