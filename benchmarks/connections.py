@@ -604,7 +604,7 @@ def run_at_the_limit(name: str, soft_limit: int) -> dict[str, Any]:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (soft_limit, hard))  # the server inherits it
     try:
-        server = servers.start_server(name, APP, core=0, websocket=True, idle_connections=1)
+        server = servers.start_server(name, APP, core=0, kind="ws", idle_connections=1)
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     try:
@@ -619,7 +619,7 @@ def run_server(name: str, args: argparse.Namespace) -> dict[str, Any]:
     # Idle connections must outlive the whole run, not 120 s.
     servers.KEEP_ALIVE_SECONDS = str(args.keep_alive)
     server = servers.start_server(
-        name, APP, core=0, websocket=True, idle_connections=args.idle + args.websockets
+        name, APP, core=0, kind="ws", idle_connections=args.idle + args.websockets
     )
     try:
         limit = int(

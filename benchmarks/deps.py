@@ -1,4 +1,4 @@
-"""Install missing tools: wrk (apt-get) and python packages (pip into this interpreter)."""
+"""Install missing tools: wrk, h2load (apt-get) and python packages (pip, this interpreter)."""
 
 import importlib
 import importlib.util
@@ -10,7 +10,12 @@ import sys
 # import name -> pip requirement (same list as the project's `bench` extra)
 PYTHON_REQUIREMENTS = {
     "uvicorn": "uvicorn[standard]",
+    "zttp": "zttp",  # uvicorn's second HTTP backend (--http zttp), and its HTTP/2
+    "wsproto": "wsproto",  # uvicorn's third WebSocket backend
     "granian": "granian",
+    "hypercorn": "hypercorn",
+    "h2": "httpx[http2]",  # the HTTP/2 check request
+    "trustme": "trustme",  # the certificate of the TLS workload
     "fastapi": "fastapi",
     "matplotlib": "matplotlib",
     "websockets": "websockets",
@@ -26,15 +31,23 @@ def _apt(*args):
     return subprocess.run(cmd, stdout=subprocess.DEVNULL, check=False).returncode == 0
 
 
-def ensure_wrk():
-    """Make sure `wrk` is on PATH: apt-get install, with apt-get update on failure."""
-    if shutil.which("wrk"):
+def _ensure_tool(command, package):
+    """Make sure `command` is on PATH: apt-get install, with apt-get update on failure."""
+    if shutil.which(command):
         return
-    if not _apt("install", "-y", "wrk"):
+    if not _apt("install", "-y", package):
         _apt("update")
-        _apt("install", "-y", "wrk")
-    if not shutil.which("wrk"):
-        sys.exit("error: wrk is not installed and `apt-get install -y wrk` failed")
+        _apt("install", "-y", package)
+    if not shutil.which(command):
+        sys.exit(f"error: {command} is not installed and `apt-get install -y {package}` failed")
+
+
+def ensure_wrk():
+    _ensure_tool("wrk", "wrk")
+
+
+def ensure_h2load():
+    _ensure_tool("h2load", "nghttp2-client")
 
 
 def _pip_install_command(requirements):

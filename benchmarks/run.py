@@ -1,9 +1,12 @@
-"""aserve vs uvicorn vs granian benchmark (interleaved rounds, medians, table, JSON, PNG).
+"""aserve vs uvicorn vs granian (and hypercorn on HTTP/2): interleaved rounds, medians, table,
+JSON, PNG.
 
     python benchmarks/run.py [--rounds N] [--duration SECONDS] [--quick]
 
-Each server runs one worker pinned to core 0 (taskset -c 0); wrk and the other
-load clients run on core 1. Results go to benchmarks/results/.
+Each server runs one worker pinned to core 0 (taskset -c 0); wrk, h2load and the other
+load clients run on core 1. uvicorn runs once per backend (httptools and zttp; the three
+WebSocket implementations on the echo) and aserve is compared with the best of them on each
+workload. Results go to benchmarks/results/.
 """
 
 import argparse
@@ -13,6 +16,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -20,16 +24,21 @@ if not __package__:  # run as a script: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks import deps, report
+from benchmarks.h2load import run_h2load
 from benchmarks.idle import idle_memory, raise_nofile_limit
 from benchmarks.servers import (
     HOST,
     OPTIONAL_SERVERS,
     REPO_ROOT,
     SERVERS,
+    UVICORN_VARIANTS,
     ServerError,
+    Unsupported,
     log_tail,
+    make_tls_files,
     start_server,
     stop_server,
+    variants,
 )
 from benchmarks.workloads import WORKLOADS, check_response
 from benchmarks.wrk import run_wrk
@@ -76,8 +85,9 @@ def parse_args(argv=None):
         "--servers",
         default=",".join(SERVERS),
         help="comma-separated, from "
-        + ",".join(SERVERS + OPTIONAL_SERVERS)
-        + " (aserve-py: aserve's hot path as Python source)",
+        + ",".join(SERVERS + OPTIONAL_SERVERS + UVICORN_VARIANTS)
+        + " (aserve-py: aserve's hot path as Python source; uvicorn: each of its backends,"
+        " uvicorn-BACKEND: that one only; hypercorn runs the HTTP/2 workloads only)",
     )
     parser.add_argument(
         "--workloads", default="", help="comma-separated subset of workload names (default: all)"
@@ -125,6 +135,24 @@ def prepare_machine(idle_connections):
     limit = raise_nofile_limit(max(65536, 2 * idle_connections + 1024))
     if limit < idle_connections + 256:
         sys.exit(f"error: RLIMIT_NOFILE {limit} is too low for {idle_connections} connections")
+
+
+def measure_h2(workload, port, duration):
+    scheme = "https" if workload.tls else "http"
+    result = run_h2load(
+        f"{scheme}://{HOST}:{port}{workload.path}",
+        connections=workload.connections,
+        streams=workload.streams,
+        duration=duration,
+        core=LOAD_CORE,
+        body_size=workload.body_size,
+        headers=workload.headers,
+    )
+    if result["protocol"] not in ("h2", "h2c"):
+        raise RuntimeError(f"h2load spoke {result['protocol']}, not HTTP/2")
+    if not result["requests"]:
+        raise RuntimeError(f"h2load completed no request: {result['errors']}")
+    return result
 
 
 def measure_http(workload, port, duration):
@@ -186,33 +214,41 @@ def measure_memory(workload, server):
     return result
 
 
-def measure(workload, server, duration, warmup):
+def measure(workload, server, duration, warmup, tls=None):
     """Check one response, then load the server; returns the result dict."""
     if workload.kind == "ws":
         return measure_ws(workload, server.port, duration, warmup)
-    problem = check_response(workload, server.port)
+    problem = check_response(workload, server.port, tls)
     if problem:
         raise RuntimeError(problem)
     if workload.kind == "memory":
         return measure_memory(workload, server)
+    if workload.http2:
+        return measure_h2(workload, server.port, duration)
     return measure_http(workload, server.port, duration)
 
 
 MEASURE_ERRORS = (RuntimeError, OSError, subprocess.SubprocessError, ValueError)
 
 
-def warm_up(group, server, seconds):
+def warm_up(group, server, seconds, tls=None):
     """Discarded load on a fresh server; problems show up in the real measurement."""
     first = group[0]
-    if first.kind == "http" and seconds > 0 and check_response(first, server.port) is None:
+    if seconds <= 0 or first.kind not in ("http", "h2"):
+        return
+    if check_response(first, server.port, tls) is None:
         with contextlib.suppress(*MEASURE_ERRORS):
-            measure_http(first, server.port, seconds)
+            if first.http2:
+                measure_h2(first, server.port, seconds)
+            else:
+                measure_http(first, server.port, seconds)
 
 
 def start_group(names, group, args, round_number):
     """Start every server for `group` (all pinned to the server core; idle ones cost nothing).
 
-    Returns ({name: server}, failure records for the servers that did not start).
+    Returns ({name: server}, failure records for the servers that did not start: marked
+    `unsupported` when the server cannot run this kind of workload at all).
     """
     started, failed = {}, []
     idle = group[0].connections if group[0].kind == "memory" else 0
@@ -223,10 +259,12 @@ def start_group(names, group, args, round_number):
                 group[0].app,
                 core=SERVER_CORE,
                 timeout=args.start_timeout,
-                websocket=group[0].kind == "ws",
+                kind=group[0].kind,
                 idle_connections=idle,
+                tls=args.tls if group[0].tls else None,
             )
         except ServerError as exc:
+            unsupported = isinstance(exc, Unsupported)
             failed += [
                 {
                     "round": round_number,
@@ -234,7 +272,8 @@ def start_group(names, group, args, round_number):
                     "workload": w.name,
                     "ok": False,
                     "start_failed": True,
-                    "error": f"server start failed: {exc}",
+                    "unsupported": unsupported,
+                    "error": str(exc) if unsupported else f"server start failed: {exc}",
                 }
                 for w in group
             ]
@@ -249,11 +288,12 @@ def run_group(names, group, args, round_number):
     drifts, that keeps the drift out of the ratios better than a server-by-server sweep.
     """
     servers, records = start_group(names, group, args, round_number)
+    tls = args.tls if group[0].tls else None
     try:
         shift = (round_number - 1) % max(len(servers), 1)
         order = list(servers)[shift:] + list(servers)[:shift]
         for name in order:
-            warm_up(group, servers[name], args.warmup)
+            warm_up(group, servers[name], args.warmup, tls)
         for workload in group:
             for name in order:
                 server = servers[name]
@@ -264,7 +304,8 @@ def run_group(names, group, args, round_number):
                     "loadavg_1m": os.getloadavg()[0],
                 }
                 try:
-                    record.update(measure(workload, server, args.duration, args.warmup), ok=True)
+                    result = measure(workload, server, args.duration, args.warmup, tls)
+                    record.update(result, ok=True)
                 except MEASURE_ERRORS as exc:
                     record.update(ok=False, error=f"{exc}{log_tail(server.log_path, 6)}")
                 print_progress(record, workload)
@@ -276,7 +317,7 @@ def run_group(names, group, args, round_number):
 
 
 def print_progress(record, workload):
-    head = f"  [round {record['round']}] {record['server']:<8} {workload.name:<12}"
+    head = f"  [round {record['round']}] {record['server']:<24} {workload.name:<14}"
     if not record["ok"]:
         print(f"{head} FAILED: {record['error'].splitlines()[0]}", flush=True)
         return
@@ -298,19 +339,23 @@ def warn_if_busy(threshold=1.0):
 
 
 def run_rounds(args, servers, workloads):
-    """Interleave: every round runs every workload group on every server (see run_group)."""
+    """Interleave: every round runs every workload group on every server (see run_group).
+
+    `servers` are families (or single uvicorn backends): each group runs the servers they
+    stand for on its kind of workload (`servers.variants`)."""
     runs, broken = [], set()
     groups = group_by_start(workloads)
     for round_number in range(1, args.rounds + 1):
         print(f"round {round_number}/{args.rounds}", flush=True)
         for group in groups:
-            names = [n for n in servers if (n, group[0].start_key) not in broken]
+            names = [v for s in servers for v in variants(s, group[0].kind)]
+            names = [n for n in dict.fromkeys(names) if (n, group[0].start_key) not in broken]
             records = run_group(names, group, args, round_number)
             for record in records:
                 if record.get("start_failed") and record["workload"] == group[0].name:
                     broken.add((record["server"], group[0].start_key))
                     print(
-                        f"  [round {round_number}] {record['server']:<8} {record['error']}",
+                        f"  [round {round_number}] {record['server']:<24} {record['error']}",
                         flush=True,
                     )
             runs += records
@@ -318,7 +363,7 @@ def run_rounds(args, servers, workloads):
 
 
 def write_results(args, servers, workloads, runs, elapsed):
-    summary = report.summarize(runs, workloads, servers)
+    summary = report.summarize(runs, workloads)
     config = {
         "rounds": args.rounds,
         "duration": args.duration,
@@ -339,11 +384,11 @@ def write_results(args, servers, workloads, runs, elapsed):
         f"median of {args.rounds} round(s), {args.duration:g}s each - Python "
         f"{sys.version.split()[0]} - {meta['machine']['cpu']}"
     )
-    report.save_plot(stem.with_suffix(".png"), summary, workloads, servers, title)
+    report.save_plot(stem.with_suffix(".png"), summary, workloads, title)
     print("\n" + report.format_tables(summary, workloads, servers))
-    failures = report.format_failures(summary, servers)
+    failures = report.format_failures(summary)
     if failures:
-        print("\nfailures:\n" + failures)
+        print("\nnot measured:\n" + failures)
     if any(cell["flagged"] for row in summary.values() for cell in row.values()):
         print("\n'!' = some runs reported socket errors / non-2xx answers (see JSON)")
     print(
@@ -356,11 +401,15 @@ def main(argv=None):
     servers = select(args.servers, SERVERS + OPTIONAL_SERVERS, "server")
     workloads = selected_workloads(args)
     deps.ensure_wrk()
+    if any(w.http2 for w in workloads):
+        deps.ensure_h2load()
     deps.ensure_python_packages()
     prepare_machine(args.idle_connections)
     warn_if_busy()
     started = time.monotonic()
-    runs = run_rounds(args, servers, workloads)
+    with tempfile.TemporaryDirectory(prefix="bench-tls-") as tmp:
+        args.tls = make_tls_files(tmp) if any(w.tls for w in workloads) else None
+        runs = run_rounds(args, servers, workloads)
     write_results(args, servers, workloads, runs, time.monotonic() - started)
 
 
