@@ -8,7 +8,8 @@ PYTHON ?= $(shell for p in python3.13 python3.12 $$HOME/.pyenv/versions/3.13*/bi
 PIP := $(VENV)/bin/python -m pip
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-all-pythons docs lint format bench bench-workers bench-startup autobahn clean install
+.PHONY: demo test test-all-pythons docs lint format bench bench-workers bench-startup \
+	bench-connections autobahn clean install
 
 $(VENV)/bin/python:
 	@test -n "$(PYTHON)" || { echo "Error: no CPython 3.11+ found; set PYTHON=/path/to/python3" >&2; exit 1; }
@@ -76,6 +77,13 @@ bench-workers: $(VENV)/.installed-bench
 
 bench-startup: $(VENV)/.installed-bench
 	$(VENV)/bin/python benchmarks/startup_memory.py $(BENCH_ARGS)
+
+# 100,000 keep-alive connections held at once against `--workers 6` (each worker under a
+# 20,000-descriptor limit), opened by 6 client processes; aserve beside uvicorn. Several
+# minutes; not part of make test. See benchmarks/README.md.
+bench-connections: $(VENV)/.installed-bench
+	$(VENV)/bin/python benchmarks/connections.py --workers 6 --idle 100000 --clients 6 \
+		--servers aserve,uvicorn $(BENCH_ARGS)
 
 # The documentation site, built strictly (a broken link or anchor fails) into site/. Needs only
 # the docs extra's packages, not aserve itself, so it is quick on a fresh clone.

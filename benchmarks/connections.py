@@ -28,6 +28,7 @@ import argparse
 import asyncio
 import base64
 import contextlib
+import itertools
 import json
 import multiprocessing
 import os
@@ -35,7 +36,9 @@ import resource
 import selectors
 import socket
 import statistics
+import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -74,9 +77,11 @@ class HttpHolder(asyncio.Protocol):
         self.buffer = b""
         self.waiter: asyncio.Future[None] | None = None
         self.lost = False
+        self.made = 0.0
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
+        self.made = time.perf_counter()
 
     def request(self) -> asyncio.Future[None]:
         self.waiter = asyncio.get_running_loop().create_future()
@@ -179,6 +184,18 @@ class WsHolder(asyncio.Protocol):
         self._resolve(ConnectionError("WebSocket closed by the server"))
 
 
+def _failure_kind(exc: BaseException) -> str:
+    """What went wrong with one open: the server closed it unanswered, it was reset or
+    refused, or nothing came back in time."""
+    if isinstance(exc, TimeoutError):
+        return "timeout"
+    if isinstance(exc, (ConnectionResetError, ConnectionRefusedError)):
+        return type(exc).__name__
+    if isinstance(exc, ConnectionError) and "closed by the server" in str(exc):
+        return "closed_unanswered"
+    return type(exc).__name__
+
+
 async def _timed(coro: Any, timeout: float) -> float:
     started = time.perf_counter()
     await asyncio.wait_for(coro, timeout)
@@ -186,51 +203,73 @@ async def _timed(coro: Any, timeout: float) -> float:
 
 
 class Client:
-    """The connections of one client process, bound to one source address."""
+    """The connections of one client process, bound to its source addresses in turn.
 
-    def __init__(self, port: int, source: str) -> None:
+    Several addresses per process when it opens many: bind() with port 0 searches the
+    address's ports in use, and beyond about half the ephemeral range (14,000 here) it took
+    12 ms a call in the kernel, blocking the client's event loop (docs/performance.md).
+    """
+
+    def __init__(self, port: int, sources: list[str]) -> None:
         self.port = port
-        self.source = source
+        self.sources = itertools.cycle(sources)
         self.http: list[HttpHolder] = []
         self.websockets: list[WsHolder] = []
+        # From connected to the request written, per open: how late this process's own
+        # event loop got round to it.
+        self.write_lag: list[float] = []
 
     async def _open_http(self) -> HttpHolder:
         loop = asyncio.get_running_loop()
         _, holder = await loop.create_connection(
-            HttpHolder, HOST, self.port, local_addr=(self.source, 0)
+            HttpHolder, HOST, self.port, local_addr=(next(self.sources), 0)
         )
+        self.write_lag.append(time.perf_counter() - holder.made)
         await holder.request()
         return holder
 
     async def _open_ws(self) -> WsHolder:
         loop = asyncio.get_running_loop()
         _, holder = await loop.create_connection(
-            lambda: WsHolder(self.port), HOST, self.port, local_addr=(self.source, 0)
+            lambda: WsHolder(self.port), HOST, self.port, local_addr=(next(self.sources), 0)
         )
         await holder.waiter  # the handshake
         await holder.request()  # and one echo
         return holder
 
-    async def open(self, kind: str, count: int, timeout: float) -> dict[str, Any]:
+    async def open(
+        self, kind: str, count: int, timeout: float, opening: int = OPENING
+    ) -> dict[str, Any]:
+        """Open `count` connections, `opening` at a time; each must be answered within
+        `timeout` (connect, request and answer). Failures are counted by kind."""
         opener = self._open_http if kind == "http" else self._open_ws
         held: list[Any] = self.http if kind == "http" else self.websockets
-        gate = asyncio.Semaphore(OPENING)
+        gate = asyncio.Semaphore(opening)
         errors: list[str] = []
+        kinds: dict[str, int] = {}
+        times: list[float] = []
 
         async def one() -> None:
             async with gate:
+                started = time.perf_counter()
                 try:
                     held.append(await asyncio.wait_for(opener(), timeout))
+                    times.append(time.perf_counter() - started)
                 except Exception as exc:
                     errors.append(f"{type(exc).__name__}: {exc}")
+                    name = _failure_kind(exc)
+                    kinds[name] = kinds.get(name, 0) + 1
 
         started = time.perf_counter()
         await asyncio.gather(*(one() for _ in range(count)))
         return {
             "opened": count - len(errors),
             "failed": len(errors),
+            "failed_by_kind": kinds,
             "seconds": time.perf_counter() - started,
             "first_error": errors[0] if errors else None,
+            "open_seconds": sorted(times),
+            "write_lag": self.write_lag,
         }
 
     async def check(self, timeout: float) -> dict[str, Any]:
@@ -264,13 +303,13 @@ class Client:
                 holder.transport.close()
 
 
-def _client_process(conn: Any, port: int, source: str) -> None:
+def _client_process(conn: Any, port: int, sources: list[str]) -> None:
     """A client process: runs the commands the parent sends over `conn` until "exit"."""
     raise_nofile_limit(1 << 20)  # up to the hard limit
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
-        client = Client(port, source)
+        client = Client(port, sources)
         while True:
             command, *args = await loop.run_in_executor(None, conn.recv)
             if command == "open":
@@ -293,16 +332,23 @@ def _client_process(conn: Any, port: int, source: str) -> None:
 
 
 class Clients:
-    """Client processes, each with its own source address and descriptor limit."""
+    """Client processes, each with its own source addresses and descriptor limit."""
 
-    def __init__(self, port: int, processes: int, core: int | None) -> None:
+    def __init__(
+        self,
+        port: int,
+        processes: int,
+        core: int | None,
+        sources: list[list[str]] | None = None,
+    ) -> None:
         # spawn, not fork: the caller may have threads (a test runner does)
         context = multiprocessing.get_context("spawn")
         self.pipes = []
         self.processes = []
+        sources = sources or [[f"127.0.0.{2 + index}"] for index in range(processes)]
         for index in range(processes):
             parent, child = context.Pipe()
-            source = f"127.0.0.{2 + index}"
+            source = sources[index]
             process = context.Process(target=_client_process, args=(child, port, source))
             process.start()
             if core is not None:
@@ -317,19 +363,30 @@ class Clients:
             pipe.send((command, *args))
         return [pipe.recv() for pipe in self.pipes]
 
-    def open(self, kind: str, total: int, timeout: float = 60.0) -> dict[str, Any]:
+    def open(
+        self, kind: str, total: int, timeout: float = 60.0, opening: int = OPENING
+    ) -> dict[str, Any]:
         count = len(self.pipes)
         shares = [total // count + (1 if i < total % count else 0) for i in range(count)]
         started = time.perf_counter()
-        answers = self.ask("open", kind, shares, timeout)
+        answers = self.ask("open", kind, shares, timeout, opening)
         seconds = time.perf_counter() - started
         opened = sum(a["opened"] for a in answers)
+        kinds: dict[str, int] = {}
+        for answer in answers:
+            for name, number in answer["failed_by_kind"].items():
+                kinds[name] = kinds.get(name, 0) + number
+        times = sorted(x for a in answers for x in a["open_seconds"])
+        lag = sorted(x for a in answers for x in a["write_lag"])
         return {
             "asked": total,
             "opened": opened,
             "failed": sum(a["failed"] for a in answers),
+            "failed_by_kind": kinds,
             "seconds": round(seconds, 2),
             "per_second": round(opened / seconds) if seconds else None,
+            "open_time": _percentiles(times),
+            "write_lag": _percentiles(lag),
             "first_error": next((a["first_error"] for a in answers if a["first_error"]), None),
         }
 
@@ -597,6 +654,300 @@ def gc_pause(counts: list[int]) -> list[dict[str, Any]]:
     return uvloop.run(run())
 
 
+# -- many workers: a machine's worth of connections -------------------------------------------
+
+FLEET_APP = "benchmarks.apps:hello"
+# The kernel's TCP counters that say where opens were lost or delayed (nstat's names):
+# the accept queue full (ListenOverflows: a completed handshake's last ACK, or a SYN, dropped;
+# every overflow is also a ListenDrop), bare ACKs held back by TCP_DEFER_ACCEPT, the SYN
+# queue full (with or without syncookies), and retransmissions of SYNs and SYN-ACKs.
+TCP_COUNTERS = (
+    "ListenOverflows",
+    "ListenDrops",
+    "TCPDeferAcceptDrop",
+    "TCPReqQFullDrop",
+    "TCPReqQFullDoCookies",
+    "SyncookiesSent",
+    "SyncookiesRecv",
+    "SyncookiesFailed",
+    "TCPSynRetrans",
+    "TCPTimeouts",
+    "TCPAbortOnData",
+    "EmbryonicRsts",
+)
+
+
+def tcp_counters() -> dict[str, int]:
+    """The machine's TcpExt counters above, from /proc/net/netstat (as `nstat -az` shows)."""
+    lines = Path("/proc/net/netstat").read_text().splitlines()
+    values: dict[str, int] = {}
+    for names, numbers in zip(lines[::2], lines[1::2], strict=False):
+        if names.startswith("TcpExt:"):
+            values.update(zip(names.split()[1:], map(int, numbers.split()[1:]), strict=True))
+    return {name: values.get(name, 0) for name in TCP_COUNTERS}
+
+
+def _queues(port: int) -> tuple[int, int]:
+    """(connections in the accept queue, connections in SYN-RECV) of the listener on `port`.
+
+    `ss` asks the kernel with a filter (inet_diag), so this stays cheap with 100,000
+    connections open, where reading /proc/net/tcp would not."""
+    listen = subprocess.run(
+        ["ss", "-Hltn", f"sport = :{port}"], capture_output=True, text=True, check=False
+    ).stdout.split()
+    syn_recv = subprocess.run(
+        ["ss", "-Htn", "state", "syn-recv", f"sport = :{port}"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.count("\n")
+    return (int(listen[1]) if len(listen) > 1 else 0), syn_recv
+
+
+class QueueSampler(threading.Thread):
+    """Samples the listener's queues every `interval` seconds while the clients open."""
+
+    def __init__(self, port: int, interval: float = 0.1) -> None:
+        super().__init__(daemon=True)
+        self.port = port
+        self.interval = interval
+        self.samples: list[tuple[float, int, int]] = []
+        self._stop = threading.Event()
+
+    def run(self) -> None:
+        started = time.monotonic()
+        while not self._stop.wait(self.interval):
+            accept, syn_recv = _queues(self.port)
+            self.samples.append((round(time.monotonic() - started, 2), accept, syn_recv))
+
+    def stop(self) -> dict[str, Any]:
+        self._stop.set()
+        self.join()
+        accept = [a for _, a, _ in self.samples]
+        syn_recv = [r for _, _, r in self.samples]
+        return {
+            "samples": len(self.samples),
+            "accept_queue_max": max(accept, default=0),
+            "accept_queue_median": statistics.median(accept) if accept else 0,
+            "syn_recv_max": max(syn_recv, default=0),
+            "series": self.samples[:: max(1, len(self.samples) // 200)],
+        }
+
+
+def pss_kib(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def socket_fds(pid: int) -> int:
+    """Open descriptors of `pid` that are sockets."""
+    count = 0
+    with contextlib.suppress(OSError):
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(OSError):
+                count += os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:")
+    return count
+
+
+def worker_pids(pid: int) -> list[int]:
+    """The server's workers: its child processes, less multiprocessing's resource tracker
+    (uvicorn's spawned workers start one)."""
+    children = []
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        with contextlib.suppress(OSError):
+            children += [int(child) for child in task.read_text().split()]
+    workers = []
+    for child in children:
+        with contextlib.suppress(OSError):
+            if b"resource_tracker" not in Path(f"/proc/{child}/cmdline").read_bytes():
+                workers.append(child)
+    return sorted(workers)
+
+
+def tree_pss_kib(pid: int) -> int:
+    return pss_kib(pid) + sum(pss_kib(worker) for worker in worker_pids(pid))
+
+
+def settle_pss(pid: int, seconds: float = 1.0, timeout: float = 30.0) -> int:
+    """The process tree's PSS once two readings `seconds` apart agree within 0.5%."""
+    previous = tree_pss_kib(pid)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        time.sleep(seconds)
+        current = tree_pss_kib(pid)
+        if abs(current - previous) <= previous / 200:
+            return current
+        previous = current
+    return previous
+
+
+def wait_for_workers(pid: int, workers: int, timeout: float = 60.0) -> list[int]:
+    """Poll until `workers` workers run and the tree's memory has settled (all started)."""
+    deadline = time.monotonic() + timeout
+    while len(worker_pids(pid)) < workers:
+        if time.monotonic() > deadline:
+            raise servers.ServerError(
+                f"only {len(worker_pids(pid))} of {workers} workers after {timeout:.0f}s"
+            )
+        time.sleep(0.1)
+    settle_pss(pid)
+    return worker_pids(pid)
+
+
+def _spread(counts: list[int]) -> float | None:
+    """How far the busiest and the least busy worker are from the mean, in % of it."""
+    if not counts or not sum(counts):
+        return None
+    mean = sum(counts) / len(counts)
+    return round(100 * max(max(counts) - mean, mean - min(counts)) / mean, 2)
+
+
+def measure_fleet(
+    pid: int,
+    port: int,
+    connections: int,
+    *,
+    workers: int,
+    clients: int,
+    sources: list[list[str]],
+    opening: int,
+    open_timeout: float,
+    probes: int,
+) -> dict[str, Any]:
+    """Hold `connections` keep-alive connections against a server with `workers` workers."""
+    pids = wait_for_workers(pid, workers)
+    fresh_requests(port, 20, gap=0)  # warm up (each worker's first requests)
+    result: dict[str, Any] = {"asked": connections, "workers": len(pids), "sources": sources}
+    base_sockets = {worker: socket_fds(worker) for worker in pids}
+    pss_start = settle_pss(pid)
+    group = Clients(port, clients, None, sources)
+    try:
+        sampler = QueueSampler(port)
+        counters = tcp_counters()
+        sampler.start()
+        result["open"] = group.open("http", connections, open_timeout, opening)
+        result["queues"] = sampler.stop()
+        after = tcp_counters()
+        result["tcp_counters"] = {name: after[name] - counters[name] for name in TCP_COUNTERS}
+        pss_held = settle_pss(pid)
+        per_worker = [socket_fds(worker) - base_sockets[worker] for worker in pids]
+        held = result["open"]["opened"]
+        result["per_worker"] = per_worker
+        result["balance_spread_percent"] = _spread(per_worker)
+        result["pss_kib"] = {"start": pss_start, "held": pss_held}
+        result["pss_kib_per_connection"] = round((pss_held - pss_start) / held, 2) if held else None
+        result["fresh_connection"] = fresh_requests(port, probes)
+        result["held_check"] = group.check(timeout=60.0)
+    finally:
+        group.close()
+    return result
+
+
+def run_fleet(name: str, args: argparse.Namespace, block: int) -> dict[str, Any]:
+    """One server with `--workers`: `--idle` connections from `--clients` processes, each on
+    its own `--sources` loopback source addresses in 127.0.`block`.x (a fresh block for every
+    run, so no earlier run's TIME-WAIT holds the ports)."""
+    servers.KEEP_ALIVE_SECONDS = str(args.keep_alive)
+    extra = ["--workers", str(args.workers), *args.server_arg]
+    server = servers.start_server(
+        name, FLEET_APP, core=None, idle_connections=args.idle, extra=extra
+    )
+    per = args.sources
+    sources = [
+        [f"127.0.{block}.{2 + index * per + n}" for n in range(per)]
+        for index in range(args.clients)
+    ]
+    try:
+        result = measure_fleet(
+            server.process.pid,
+            server.port,
+            args.idle,
+            workers=args.workers,
+            clients=args.clients,
+            sources=sources,
+            opening=args.opening,
+            open_timeout=args.open_timeout,
+            probes=args.probes,
+        )
+        result["command"] = server.command
+        result["alive"] = server.process.poll() is None
+        result["log_tail"] = servers.log_tail(server.log_path, 10)
+        return result
+    finally:
+        servers.stop_server(server)
+
+
+def _fleet_row(name: str, r: dict[str, Any]) -> list[str]:
+    opened = r["open"]
+    check = r["held_check"]["http"]
+    fresh = r["fresh_connection"]
+    counters = r["tcp_counters"]
+    kinds = ", ".join(f"{n} {c}" for n, c in opened["failed_by_kind"].items())
+    times = opened["open_time"]
+    return [
+        name,
+        f"{check['answered']:,} / {r['asked']:,}",
+        f"{opened['failed']:,}" + (f" ({kinds})" if kinds else ""),
+        f"{opened['seconds']} s ({times['p99_ms']} / {times['max_ms']} ms)",
+        " / ".join(f"{c:,}" for c in r["per_worker"]) + f" ({r['balance_spread_percent']}%)",
+        f"{r['pss_kib_per_connection']} KiB",
+        f"{fresh['p50_ms']} / {fresh['p99_ms']} ms ({fresh['failed']} failed)",
+        f"{counters['ListenOverflows']:,} / {counters['TCPDeferAcceptDrop']:,}",
+        f"{r['queues']['accept_queue_max']:,} / {r['queues']['syn_recv_max']:,}",
+    ]
+
+
+def fleet_main(args: argparse.Namespace) -> None:
+    """`make bench-connections`: every server in `--servers` once per round, interleaved."""
+    raise_nofile_limit(1 << 20)  # up to the hard limit: the server, its workers, the clients
+    report: dict[str, Any] = {
+        "when": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+        "loadavg_before": os.getloadavg(),
+        "args": vars(args),
+        "somaxconn": int(Path("/proc/sys/net/core/somaxconn").read_text()),
+        "tcp_max_syn_backlog": int(Path("/proc/sys/net/ipv4/tcp_max_syn_backlog").read_text()),
+        "runs": [],
+    }
+    names = args.servers.split(",")
+    block = 10
+    for round_number in range(1, args.rounds + 1):
+        shift = (round_number - 1) % len(names)
+        for name in names[shift:] + names[:shift]:
+            print(f"== round {round_number}: {name} --workers {args.workers}", flush=True)
+            block += 1
+            try:
+                result = run_fleet(name, args, block)
+            except servers.ServerError as exc:
+                result = {"error": str(exc)}
+            result.update(server=name, round=round_number)
+            report["runs"].append(result)
+            shown = {k: v for k, v in result.items() if k != "queues"}
+            shown["queues"] = {k: v for k, v in result.get("queues", {}).items() if k != "series"}
+            print(json.dumps(shown, indent=1), flush=True)
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"connections-workers-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path.write_text(json.dumps(report, indent=1) + "\n")
+    header = [
+        "server", "held (answering) / asked", "failed opens", "open time (p99 / max per open)",
+        "per worker (spread from the mean)", "PSS per connection", "fresh request p50 / p99",
+        "ListenOverflows / TCPDeferAcceptDrop", "max accept queue / SYN-RECV",
+    ]  # fmt: skip
+    print("| " + " | ".join(header) + " |")
+    print("|" + " --- |" * len(header))
+    for run in report["runs"]:
+        label = f"{run['server']} (round {run['round']})"
+        if "error" in run:
+            print(f"| {label} | error: {run['error'].splitlines()[0]} |")
+        else:
+            print("| " + " | ".join(_fleet_row(label, run)) + " |")
+    print(f"written to {path}")
+
+
 # -- the benchmark ----------------------------------------------------------------------------
 
 
@@ -689,7 +1040,34 @@ def main() -> None:
         default="",
         help="only time a full GC with this many connections held in-process (e.g. 19000,100000)",
     )
+    fleet = parser.add_argument_group(
+        "many workers (make bench-connections): with --workers N, `--idle` keep-alive "
+        "connections against N workers, no WebSockets"
+    )
+    fleet.add_argument("--workers", type=int, default=0, help="0: one process (the default)")
+    fleet.add_argument("--rounds", type=int, default=1, help="interleaved rounds")
+    fleet.add_argument(
+        "--opening", type=int, default=OPENING, help="opens in flight per client process"
+    )
+    fleet.add_argument(
+        "--open-timeout", type=float, default=120.0, help="seconds for one open to be answered"
+    )
+    fleet.add_argument(
+        "--sources",
+        type=int,
+        default=4,
+        help="loopback source addresses per client process (1: the slow bind() of before)",
+    )
+    fleet.add_argument(
+        "--server-arg",
+        action="append",
+        default=[],
+        help="an extra argument for every server (repeat it)",
+    )
     args = parser.parse_args()
+    if args.workers:
+        fleet_main(args)
+        return
     if args.gc_pause:
         for row in gc_pause([int(n) for n in args.gc_pause.split(",")]):
             print(json.dumps(row))
