@@ -263,7 +263,8 @@ def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> 
     default=DEFAULT_TIMEOUT_REQUEST_HEADER,
     show_default=True,
     help="Seconds for a whole request head to arrive, from its first byte (from the "
-    "connection for its first request); late: 408. Also bounds a --proxy-protocol header.",
+    "accept for a connection's first request: on a TCP socket aserve binds, the kernel "
+    "hands it over with its first bytes); late: 408. Also bounds a --proxy-protocol header.",
 )
 @click.option(
     "--timeout-request-body-idle",

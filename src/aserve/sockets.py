@@ -1,12 +1,24 @@
 """Creating the listening sockets: systemd's, or one for each configured address (TCP, Unix, fd).
 
 Kept apart from the server so a supervisor can bind once and hand the sockets to workers.
+
+A TCP socket aserve binds itself accepts a connection only once its first bytes have arrived
+(`TCP_DEFER_ACCEPT`, nginx's `deferred`), waiting for them as long as aserve waits for them
+(`--timeout-request-header`, or `--timeout-ssl-handshake` for TLS): that deadline then runs
+from the first bytes, not from a handshake whose request was held up (a client slow to write,
+or its request dropped with the handshake's last ACK when the accept queue was full and
+retransmitted seconds later), and a connection that has sent nothing costs the kernel a
+request socket, not a descriptor and a protocol in a worker. The kernel accepts a silent
+connection once the wait is over, and the deadline closes it then (docs/security.md).
+Sockets passed in (systemd, `--fd`, `fd://N`) keep their owner's settings; Unix sockets have no such
+option.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ipaddress
+import math
 import os
 import socket
 import stat
@@ -31,9 +43,10 @@ def bind_sockets(config: Config) -> tuple[list[socket.socket], bool]:
     if passed:
         return passed, True
     bound: list[tuple[Address, socket.socket]] = []
+    first = first_bytes_timeout(config)
     try:
         for address in config.listeners:
-            bound.append((address, bind_address(address, config.backlog)))
+            bound.append((address, bind_address(address, config.backlog, first)))
     except BaseException:
         for address, sock in bound:
             if address.kind == "fd":
@@ -80,8 +93,9 @@ def describe_listener(address: Address, sock: socket.socket, scheme: str = "http
     return f"unix socket {address.path}"
 
 
-def bind_address(address: Address, backlog: int) -> socket.socket:
-    """A listening socket for one address (an inherited one is taken over as it is)."""
+def bind_address(address: Address, backlog: int, first_bytes: float) -> socket.socket:
+    """A listening socket for one address (an inherited one is taken over as it is); a TCP
+    one hands connections over once their first bytes arrived, waiting `first_bytes` s."""
     if address.kind == "fd":
         try:
             sock = socket.socket(fileno=address.fd)
@@ -94,10 +108,32 @@ def bind_address(address: Address, backlog: int) -> socket.socket:
         return sock
     if address.kind == "unix":
         return _bind_unix(address.path, backlog)
-    return _bind_tcp(address.host, address.port, backlog)
+    return _bind_tcp(address.host, address.port, backlog, first_bytes)
 
 
-def _bind_tcp(host: str, port: int, backlog: int) -> socket.socket:
+def first_bytes_timeout(config: Config) -> float:
+    """How long aserve waits for what a connection must send first: the TLS handshake, or
+    the request head (or the PROXY header ahead of it)."""
+    if config.ssl_certfile is not None and not config.proxy_protocol:
+        return config.timeout_ssl_handshake
+    return config.timeout_request_header
+
+
+def defer_accept(sock: socket.socket, seconds: float) -> bool:
+    """Accept connections on `sock` only once data arrives, waiting up to about `seconds`
+    (whole seconds, at least 1: the kernel rounds up to its SYN-ACK retransmission times, 1,
+    3, 7, 15, 31 s...). False where the platform has no TCP_DEFER_ACCEPT."""
+    option = getattr(socket, "TCP_DEFER_ACCEPT", None)
+    if option is None:
+        return False
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, option, max(1, math.ceil(seconds)))
+    except OSError:
+        return False
+    return True
+
+
+def _bind_tcp(host: str, port: int, backlog: int, first_bytes: float) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     where = f"{bracketed(host)}:{port}"
     try:
@@ -116,6 +152,7 @@ def _bind_tcp(host: str, port: int, backlog: int) -> socket.socket:
     except OSError as exc:
         sock.close()
         raise ConfigError(f"cannot listen on {where}: {exc.strerror}") from None
+    defer_accept(sock, first_bytes)
     sock.listen(backlog)
     sock.setblocking(False)
     return sock
