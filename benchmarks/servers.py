@@ -160,25 +160,6 @@ def make_tls_files(directory):
     return files
 
 
-_HTTP2_HELP = {}
-
-
-def aserve_speaks_http2():
-    """Whether this aserve has `--http2` (HTTP/2 is being added: until then the HTTP/2
-    workloads report aserve as not supporting it rather than as a failed start)."""
-    if "answer" not in _HTTP2_HELP:
-        done = subprocess.run(
-            [sys.executable, "-m", "aserve", "--help"],
-            cwd=REPO_ROOT,
-            env=_server_env("aserve"),
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        _HTTP2_HELP["answer"] = "--http2" in done.stdout
-    return _HTTP2_HELP["answer"]
-
-
 def free_port():
     with socket.socket() as sock:
         sock.bind((HOST, 0))
@@ -198,10 +179,13 @@ def start_server(
     name, app, *, core=0, kind="http", idle_connections=0, tls=None, extra=(), timeout=10.0
 ):
     """Start a server pinned to `core` (None: not pinned) and wait until it answers (over
-    HTTP/2 for an HTTP/2 workload, over TLS with `tls`); raise ServerError (Unsupported: aserve
-    without HTTP/2)."""
-    if family(name) == "aserve" and kind in HTTP2_KINDS and not aserve_speaks_http2():
-        raise Unsupported("aserve has no --http2 yet: HTTP/2 not supported")
+    HTTP/2 for an HTTP/2 workload, over TLS with `tls`); raise ServerError.
+
+    aserve on an HTTP/2 workload must first answer HTTP/1.1, then HTTP/2 (h2c by prior
+    knowledge, or ALPN over TLS): until it serves HTTP/2, `Unsupported` says so, and the run
+    reports it as not supported instead of a failure.
+    """
+    http2_pending = family(name) == "aserve" and kind in HTTP2_KINDS
     port = free_port()
     command = server_command(
         name, app, port, kind=kind, idle_connections=idle_connections, tls=tls, extra=extra
@@ -220,11 +204,30 @@ def start_server(
         )
     server = RunningServer(name, app, port, process, Path(log_name), command)
     try:
-        wait_until_ready(server, timeout, tls, http2=kind in HTTP2_KINDS)
+        if http2_pending:
+            _wait_for_http2(server, timeout, tls)
+        else:
+            wait_until_ready(server, timeout, tls, http2=kind in HTTP2_KINDS)
     except ServerError:
         stop_server(server)  # the error message already carries the log tail
         raise
     return server
+
+
+def _wait_for_http2(server, timeout, tls):
+    """aserve started with --http2: up over HTTP/1.1, then answering HTTP/2, or Unsupported."""
+    try:
+        wait_until_ready(server, timeout, tls)
+    except ServerError as exc:
+        if "--http2" in str(exc):  # an aserve without the flag: "No such option: --http2"
+            raise Unsupported("aserve has no --http2: HTTP/2 not supported") from None
+        raise
+    deadline = time.monotonic() + 2.0
+    while not _answers_http2(server.port, tls):
+        if time.monotonic() > deadline:
+            how = "ALPN h2 over TLS" if tls else "h2c by prior knowledge"
+            raise Unsupported(f"aserve --http2 answers HTTP/1.1 but not HTTP/2 ({how})")
+        time.sleep(0.1)
 
 
 def _answers_http(port, tls=None):
