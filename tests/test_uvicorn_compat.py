@@ -18,6 +18,7 @@ import logging
 import os
 import re
 import signal
+import socket
 import ssl
 import subprocess
 import time
@@ -654,3 +655,15 @@ def test_a_loop_factory_beside_the_app_as_uvicorn_finds_it(tmp_path):
         assert httpx.get(f"http://127.0.0.1:{port}/").text == "MyLoop"
     finally:
         assert server.stop() == 0
+
+
+@pytest.mark.parametrize("tls", [False, True])
+def test_the_supervisors_startup_line_says_https_for_an_ssl_context_factory(tls):
+    from aserve.supervisor import Supervisor
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        factory = (lambda config, default: default()) if tls else None
+        supervisor = Supervisor(Config(hello, port=0, ssl_context_factory=factory), [sock])
+        scheme = "https" if tls else "http"
+        assert supervisor._where() == [f"{scheme}://127.0.0.1:{sock.getsockname()[1]}"]

@@ -541,7 +541,9 @@ class Supervisor:
 
     def _where(self) -> list[str]:
         """Each listening socket, as configured (the host as given, the port as bound)."""
-        scheme = "https" if self.config.ssl_certfile is not None else "http"
+        config = self.config
+        tls = config.ssl_certfile is not None or config.ssl_context_factory is not None
+        scheme = "https" if tls else "http"
         if self.from_systemd:
             return [f"{describe(sock, scheme)} (socket from systemd)" for sock in self.sockets]
         return [
