@@ -20,6 +20,7 @@ from setuptools.command.build_ext import build_ext
 
 # Keep in step with HOT_PATH_MODULES in src/aserve/_build.py.
 COMPILED_MODULES = [
+    "src/aserve/protocols/cycle.py",
     "src/aserve/protocols/http.py",
     "src/aserve/protocols/headers.py",
     "src/aserve/protocols/hpack.py",

@@ -75,3 +75,13 @@ def test_setup_compiles_exactly_the_hot_path_modules():
     paths = ast.literal_eval(listed)
     names = {p.removeprefix("src/").removesuffix(".py").replace("/", ".") for p in paths}
     assert names == set(HOT_PATH_MODULES)
+
+
+def test_the_makefile_rebuilds_on_every_hot_path_module():
+    """`make install` rebuilds when a compiled module changes: its HOT_PATH lists them all."""
+    makefile = (ROOT / "Makefile").read_text()
+    block = makefile.split("HOT_PATH := $(addprefix src/aserve/,", 1)[1].split(")", 1)[0]
+    paths = block.replace("\\", " ").split()
+    assert {"aserve." + p.removesuffix(".py").replace("/", ".") for p in paths} == set(
+        HOT_PATH_MODULES
+    )

@@ -18,7 +18,7 @@ import httpx
 import pytest
 from starlette.responses import FileResponse
 
-import aserve.protocols.extensions as extensions
+import aserve.protocols.sendfile as sendfile
 from aserve.asgi import HTTP_EXTENSIONS
 from aserve.config import Config
 from aserve.protocols.http import HttpProtocol
@@ -40,7 +40,7 @@ def sendfile_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
         calls.append(sent)
         return sent
 
-    monkeypatch.setattr(extensions, "_sendfile", counting)
+    monkeypatch.setattr(sendfile, "_sendfile", counting)
     return calls
 
 
@@ -312,7 +312,7 @@ def no_sendfile(monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(*args: Any) -> int:
         raise AssertionError("sendfile must not be used on this transport")
 
-    monkeypatch.setattr(extensions, "_sendfile", refuse)
+    monkeypatch.setattr(sendfile, "_sendfile", refuse)
 
 
 def test_pathsend_over_tls_reads_the_file_instead(loop_name, big_file, tls_files, no_sendfile):

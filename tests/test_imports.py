@@ -99,7 +99,8 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 def test_graph_is_read() -> None:
     # The parser sees the edges we know exist, so an empty graph cannot pass the tests below.
     assert "aserve.config" in GRAPH["aserve.server"]
-    assert "aserve.protocols.body" in GRAPH["aserve.protocols.http"]
+    assert "aserve.protocols.body" in GRAPH["aserve.protocols.cycle"]
+    assert "aserve.protocols.cycle" in GRAPH["aserve.protocols.http"]
     assert "aserve.protocols.websocket" in GRAPH["aserve.protocols.http"]  # function-local
     assert "aserve.state" not in GRAPH["aserve.protocols.http"]  # TYPE_CHECKING only
 
@@ -132,3 +133,38 @@ ABOVE_PROTOCOLS = (
 @pytest.mark.parametrize("name", sorted(n for n in MODULES if n.startswith("aserve.protocols.")))
 def test_protocols_do_not_import_upwards(name: str) -> None:
     assert not GRAPH[name] & set(ABOVE_PROTOCOLS), GRAPH[name]
+
+
+def reachable(name: str) -> set[str]:
+    """Every module `name` imports, directly or through others."""
+    seen: set[str] = set()
+    todo = [name]
+    while todo:
+        for target in GRAPH[todo.pop()] - seen:
+            seen.add(target)
+            todo.append(target)
+    return seen
+
+
+# The modules that own one protocol's bytes: HTTP/1.1 and any later version (http*.py), the
+# file copy below HTTP/1.1's framing, WebSocket, the PROXY protocol header.
+FRAMING = {
+    name
+    for name in MODULES
+    if name.startswith("aserve.protocols.")
+    and (
+        name.rpartition(".")[2].startswith("http")
+        or name.rpartition(".")[2] in ("sendfile", "websocket", "proxy_protocol")
+    )
+}
+
+
+def test_framing_modules_are_found() -> None:
+    assert {"aserve.protocols.http", "aserve.protocols.websocket"} <= FRAMING
+
+
+@pytest.mark.parametrize("name", ["aserve.protocols.cycle", "aserve.protocols.extensions"])
+def test_the_request_cycle_imports_no_framing(name: str) -> None:
+    """The request cycle and the extensions serve every HTTP version: neither may reach a
+    protocol's framing, even through another module."""
+    assert not reachable(name) & FRAMING, reachable(name) & FRAMING

@@ -19,7 +19,7 @@ from websockets.sync.client import connect
 from aserve.asgi import HTTP_EXTENSIONS
 from aserve.config import Config
 from aserve.errors import ConfigError
-from aserve.protocols import extensions
+from aserve.protocols import sendfile
 from aserve.tls import create_ssl_context
 from conftest import read_until_close, serve
 
@@ -215,7 +215,7 @@ def test_pathsend_of_a_big_file_over_aserves_own_tls(loop_name, certs, tmp_path,
     def refuse(*args):
         raise AssertionError("sendfile must not be used on a TLS connection")
 
-    monkeypatch.setattr(extensions, "_sendfile", refuse)
+    monkeypatch.setattr(sendfile, "_sendfile", refuse)
 
     async def app(scope, receive, send):
         await send({"type": "http.response.start", "status": 200, "headers": []})

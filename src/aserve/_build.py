@@ -15,6 +15,7 @@ import sys
 HOT_PATH_MODULES = (
     "aserve.flow_control",
     "aserve.metrics",
+    "aserve.protocols.cycle",
     "aserve.protocols.headers",
     "aserve.protocols.hpack",
     "aserve.protocols.http",

@@ -1,10 +1,10 @@
 """The app's `receive` for an HTTP request: the request body, as the connection reads it.
 
 This is the one part of the request cycle that suspends, and it is kept out of the compiled
-module (`http`, see setup.py) on purpose: a mypyc coroutine that is cancelled while suspended
-passes the cancellation on with the deprecated three-argument `throw()`, which warns, and under
-`-W error` would turn the app's CancelledError into a DeprecationWarning. A plain coroutine
-passes it on as asyncio does.
+modules (`cycle`, see setup.py) on purpose: a mypyc coroutine that is cancelled while
+suspended passes the cancellation on with the deprecated three-argument `throw()`, which warns,
+and under `-W error` would turn the app's CancelledError into a DeprecationWarning. A plain
+coroutine passes it on as asyncio does.
 """
 
 from __future__ import annotations
@@ -16,12 +16,12 @@ if TYPE_CHECKING:
     from aserve.asgi import Message
 
 
-class _Loop(Protocol):
+class _State(Protocol):
     loop: asyncio.AbstractEventLoop
 
 
 class BodySource(Protocol):
-    """What `receive_body` needs of a request cycle (`protocols.http.RequestCycle` has it).
+    """What `receive_body` needs of a request cycle (`protocols.cycle.RequestCycle` has it).
 
     Typed structurally so that this module does not import the one that imports it.
     """
@@ -34,7 +34,7 @@ class BodySource(Protocol):
     waiter: asyncio.Future[None] | None
 
     @property
-    def conn(self) -> _Loop: ...
+    def state(self) -> _State: ...
 
     def take_body(self) -> Message: ...
 
@@ -50,7 +50,7 @@ async def receive_body(cycle: BodySource) -> Message:
             return cycle.take_body()
         cycle.ask_for_body()
         # Nothing to hand out: wait for body, the end of the response, or a disconnect.
-        waiter = cycle.waiter = cycle.conn.loop.create_future()
+        waiter = cycle.waiter = cycle.state.loop.create_future()
         try:
             await waiter
         finally:

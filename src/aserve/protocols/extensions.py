@@ -3,53 +3,30 @@
 `RequestCycle.__call__` handles the plain `http.response.start` and `http.response.body`
 itself and hands everything else here: other message types, and every message of a request
 that sent `TE: trailers` (see `Extended`). The common path therefore pays nothing for them,
-and this module stays plain Python: it is not on the per-request path, and the file copy is a
+and this module stays plain Python: it is not on the per-request path, and the file send is a
 coroutine, which must not be compiled (see `protocols/body.py`).
 
-Files go out with `os.sendfile` on the connection's socket, straight from the page cache,
-once everything written before them has left the transport. Where the transport cannot take
-that (TLS encrypts in user space; a transport without a socket), the file is read in chunks
-on the default executor and written through the transport under its flow control.
+What each message means is decided here, on the version-free cycle (protocols/cycle.py); the
+bytes are its framing's (`write_informational`, `write_trailers`, `write_file`): HTTP/1.1's
+103 and chunked trailers, sendfile on its socket (protocols/sendfile.py), HTTP/2's frames.
 """
 
 from __future__ import annotations
 
 import asyncio
-import errno
 import os
 import stat
 from typing import TYPE_CHECKING, Any
 
-from aserve.asgi import ClientDisconnected, InvalidResponse
-from aserve.flow_control import READY
-from aserve.protocols.headers import encode_headers
+from aserve.asgi import InvalidResponse
+from aserve.protocols.headers import HeaderBlock, encode_headers
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable
 
-    from aserve.protocols.http import RequestCycle
+    from aserve.protocols.cycle import RequestCycle
 
-# os.sendfile, looked up here so that a test can count or refuse the calls.
-_sendfile: Any = getattr(os, "sendfile", None)
-
-# Bytes per os.sendfile call; the event loop gets a turn between calls, so a fast client
-# downloading a large file does not hold up the other connections.
-SENDFILE_CHUNK = 1024 * 1024
-# Bytes per read where the transport cannot take sendfile.
-READ_CHUNK = 256 * 1024
-
-_EARLY_HINTS = b"HTTP/1.1 103 Early Hints\r\n"
-_LAST_CHUNK = b"0\r\n"
-# sendfile refused for this pair of descriptors: copy by reading instead.
-_SENDFILE_UNSUPPORTED = frozenset(
-    getattr(errno, name)
-    for name in ("EINVAL", "ENOSYS", "ENOTSOCK", "EOPNOTSUPP", "ENOTSUP", "EOVERFLOW")
-    if hasattr(errno, name)
-)
-# The peer is gone.
-_CONNECTION_LOST = frozenset(
-    (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.ESHUTDOWN, errno.EBADF)
-)
+EARLY_HINTS = 103
 
 
 class Extended:
@@ -64,7 +41,7 @@ class Extended:
 
     def __init__(self, te_trailers: bool = False) -> None:
         self.te_trailers = te_trailers  # the client accepts trailers (`TE: trailers`)
-        self.trailers: list[bytes] | None = None  # encoded fields, when they will be sent
+        self.trailers: list[HeaderBlock] | None = None  # the fields, when they will be sent
         self.body_ended = False  # the last body message is in; trailers are next
         self.waiter: asyncio.Future[None] | None = None  # a file send waiting for the socket
 
@@ -107,8 +84,7 @@ def send_extension(cycle: RequestCycle, event: dict[str, Any]) -> Awaitable[None
         raise InvalidResponse(f"unexpected ASGI message {kind!r} after the response was complete")
     # (Trailers for a complete response: the client did not ask for them, so they are
     # dropped, as the extension says.)
-    flow = cycle.conn.flow
-    return flow.drained() if flow.paused else READY
+    return cycle.write_pressure()
 
 
 # -- early hints -----------------------------------------------------------------------------
@@ -117,8 +93,8 @@ def send_extension(cycle: RequestCycle, event: dict[str, Any]) -> Awaitable[None
 def _early_hint(cycle: RequestCycle, event: dict[str, Any]) -> None:
     """A 103 with the app's `Link` headers, while the final head has not gone out yet.
 
-    Never to an HTTP/1.0 client (RFC 9110, 15.2: it does not expect 1xx answers); after the
-    head is out there is nothing left to hint at, so the message is dropped.
+    After the head is out there is nothing left to hint at, so the message is dropped (and
+    the framing drops it for an HTTP/1.0 client, which expects no 1xx answer).
     """
     links = event.get("links", ())
     if isinstance(links, bytes | str):
@@ -130,9 +106,9 @@ def _early_hint(cycle: RequestCycle, event: dict[str, Any]) -> None:
             "'http.response.early_hint' needs 'links' as a list of bytes"
         ) from None
     block = encode_headers(fields)  # refuses CR, LF and the like in a link
-    if cycle.http10 or cycle.head_written or cycle.complete or not fields:
+    if cycle.head_written or cycle.complete or not fields:
         return
-    cycle.conn.write(b"%s%s\r\n" % (_EARLY_HINTS, block.data))
+    cycle.write_informational(EARLY_HINTS, block)
 
 
 # -- trailers --------------------------------------------------------------------------------
@@ -140,16 +116,15 @@ def _early_hint(cycle: RequestCycle, event: dict[str, Any]) -> None:
 
 def _start(cycle: RequestCycle, event: dict[str, Any]) -> None:
     """`http.response.start` of a request that accepts trailers."""
-    cycle._start(event["status"], event.get("headers", ()))
+    cycle.start_response(event["status"], event.get("headers", ()))
     ext = cycle.ext
-    # Trailers need a chunked body: not with a Content-Length or without a body.
+    # Not without a body; and the framing may not be able to (HTTP/1.1: chunks only).
     if (
         event.get("trailers")
         and ext is not None
         and ext.te_trailers
         and not cycle.head_only
-        and not cycle.http10
-        and cycle._block.content_length < 0
+        and cycle.trailers_possible()
     ):
         ext.trailers = []
     else:
@@ -159,13 +134,13 @@ def _start(cycle: RequestCycle, event: dict[str, Any]) -> None:
 def _body(cycle: RequestCycle, event: dict[str, Any]) -> None:
     ext = cycle.ext
     if ext is None or ext.trailers is None:
-        cycle._body(event.get("body", b""), event.get("more_body", False))
+        cycle.send_body(event.get("body", b""), event.get("more_body", False))
         return
     if ext.body_ended:
         raise InvalidResponse(
             "'http.response.body' after the last one; expected 'http.response.trailers'"
         )
-    cycle._body(event.get("body", b""), True)  # the end of the body waits for the trailers
+    cycle.send_body(event.get("body", b""), True)  # the end of the body waits for the trailers
     if not event.get("more_body", False):
         ext.body_ended = True
 
@@ -177,17 +152,18 @@ def _trailers(cycle: RequestCycle, event: dict[str, Any]) -> None:
     if ext is None or ext.trailers is None:
         # The client did not ask for trailers (or the response cannot carry them): the body
         # ends here, and these and later trailers are dropped.
-        cycle._body(b"", False)
+        cycle.send_body(b"", False)
         return
     if not cycle.head_written:
-        cycle._body(b"", True)  # trailers and no body (a gRPC-style error): head first
+        cycle.send_body(b"", True)  # trailers and no body (a gRPC-style error): head first
     ext.body_ended = True
-    ext.trailers.append(block.data)
+    ext.trailers.append(block)
     if event.get("more_trailers", False):
         return
-    cycle.conn.write(b"%s%s\r\n" % (_LAST_CHUNK, b"".join(ext.trailers)))
+    blocks = ext.trailers
     ext.trailers = None
-    cycle._finish()
+    cycle.write_trailers(blocks)
+    cycle.finish_response()
 
 
 # -- files -----------------------------------------------------------------------------------
@@ -262,173 +238,24 @@ async def _send_fd(cycle: RequestCycle, fd: int, offset: int, count: int, final:
     if with_trailers and ext.body_ended:
         raise InvalidResponse("a file after the last body message; expected trailers")
     more_body = with_trailers or not final
-    head = b"" if cycle.head_written else cycle._head(count, more_body)
     if cycle.head_only:
-        count = 0
+        expected = 0  # the head says `count` (as for GET); no body follows it
     elif count > cycle.length_left >= 0:
         raise InvalidResponse("response body is longer than its Content-Length")
-    chunked = cycle.chunked and count > 0
-    if count:
-        sent = await _copy(cycle, head + (b"%x\r\n" % count if chunked else b""), fd, offset, count)
     else:
-        sent = 0
-        if head:
-            cycle.conn.write(head)
+        expected = count
+    if ext is None:
+        ext = cycle.ext = Extended()  # so that a lost connection wakes a waiting send
+    sent = await cycle.write_file(fd, offset, count, more_body)
     if cycle.length_left >= 0:
         cycle.length_left -= sent
     cycle.bytes_sent += sent
-    if sent < count:
+    if sent < expected:
         # The file is shorter than it said: the framing already promised more.
-        raise InvalidResponse(f"the file ended after {sent} of {count} bytes")
-    tail = b"\r\n" if chunked else b""
-    if cycle.chunked and not more_body:
-        tail += b"0\r\n\r\n"
-    if tail:
-        cycle.conn.write(tail)
+        raise InvalidResponse(f"the file ended after {sent} of {expected} bytes")
     if final:
         if with_trailers:
             ext.body_ended = True
         else:
-            cycle._finish()
-    return sent
-
-
-async def _copy(cycle: RequestCycle, prefix: bytes, fd: int, offset: int, count: int) -> int:
-    """Write `prefix`, then the file's bytes: with sendfile where the transport allows."""
-    conn = cycle.conn
-    conn.write(prefix)
-    conn._flush()  # what an eager start has batched goes first
-    sent = 0
-    sock_fd = _socket_fd(conn.transport)
-    if sock_fd is not None:
-        sent = await _copy_with_sendfile(cycle, sock_fd, fd, offset, count)
-        if sent < 0:  # refused for these descriptors: read instead
-            sent = 0
-        else:
-            return sent
-    return await _copy_by_reading(cycle, fd, offset, count)
-
-
-def _socket_fd(transport: Any) -> int | None:
-    """The socket under `transport` if bytes written to it reach the peer as they are."""
-    if _sendfile is None:
-        return None
-    if transport.get_extra_info("sslcontext") is not None:
-        return None  # TLS: the bytes must go through the transport to be encrypted
-    if transport.get_extra_info("ssl_object") is not None:
-        return None
-    sock = transport.get_extra_info("socket")
-    if sock is None:
-        return None
-    try:
-        fd: int = sock.fileno()
-    except (AttributeError, OSError):
-        return None
-    return fd if fd >= 0 else None
-
-
-async def _copy_with_sendfile(
-    cycle: RequestCycle, sock_fd: int, fd: int, offset: int, count: int
-) -> int:
-    """sendfile on the socket: returns the bytes sent, or -1 if sendfile cannot do it."""
-    conn = cycle.conn
-    transport = conn.transport
-    loop = conn.loop
-    await _transport_empty(cycle)
-    ext = cycle.ext
-    if ext is None:
-        ext = cycle.ext = Extended()  # so that a lost connection wakes a waiting send
-    sent = 0
-    writable_fd = -1  # a duplicate of the socket, watched for writing (the original is
-    # the transport's: the loop refuses a second watcher on it)
-    try:
-        while sent < count:
-            if cycle.disconnected or transport.is_closing():
-                raise ClientDisconnected("the client closed the connection")
-            size = min(count - sent, SENDFILE_CHUNK)
-            try:
-                done = _sendfile(sock_fd, fd, offset + sent, size)
-            except (BlockingIOError, InterruptedError):
-                done = -1
-            except OSError as exc:
-                if exc.errno in _SENDFILE_UNSUPPORTED and sent == 0:
-                    return -1
-                if exc.errno in _CONNECTION_LOST:
-                    conn.abort()
-                    raise ClientDisconnected("the client closed the connection") from exc
-                raise
-            if done == 0:
-                break  # the end of the file, sooner than expected
-            if done > 0:
-                sent += done
-                if done == size:
-                    if sent < count:
-                        await asyncio.sleep(0)  # others' turn
-                    continue
-            # The socket buffer is full: wait until the peer has read some.
-            if writable_fd < 0:
-                writable_fd = os.dup(sock_fd)
-            waiter = ext.waiter = loop.create_future()
-            loop.add_writer(writable_fd, _wake, waiter)
-            try:
-                await waiter
-            finally:
-                loop.remove_writer(writable_fd)
-                ext.waiter = None
-    finally:
-        if writable_fd >= 0:
-            os.close(writable_fd)
-    return sent
-
-
-def _wake(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_result(None)
-
-
-async def _transport_empty(cycle: RequestCycle) -> None:
-    """Wait until the transport has written everything it holds: sendfile writes to the
-    socket directly, and must not overtake it.
-
-    The transport's high-water mark goes to 0 meanwhile, so it pauses the protocol while it
-    holds anything and resumes it once empty; `WriteFlow` turns that into something to await.
-    """
-    conn = cycle.conn
-    transport = conn.transport
-    if not transport.get_write_buffer_size():
-        return
-    low, high = transport.get_write_buffer_limits()
-    transport.set_write_buffer_limits(high=0, low=0)
-    try:
-        while transport.get_write_buffer_size():
-            if cycle.disconnected or transport.is_closing():
-                raise ClientDisconnected("the client closed the connection")
-            flow = conn.flow  # read anew: the first pause gives the connection its own
-            if flow.paused:
-                await flow.drained()
-            else:
-                await asyncio.sleep(0.001)  # a transport that does not pause its protocol
-    finally:
-        if not transport.is_closing():
-            transport.set_write_buffer_limits(high=high, low=low)
-
-
-async def _copy_by_reading(cycle: RequestCycle, fd: int, offset: int, count: int) -> int:
-    """The file through the transport, read off the event loop, under its flow control."""
-    conn = cycle.conn
-    loop = conn.loop
-    sent = 0
-    while sent < count:
-        data = await loop.run_in_executor(
-            None, os.pread, fd, min(count - sent, READ_CHUNK), offset + sent
-        )
-        if not data:
-            break  # the end of the file, sooner than expected
-        if cycle.disconnected:
-            raise ClientDisconnected("the client closed the connection")
-        conn.write(data)
-        sent += len(data)
-        flow = conn.flow  # read anew: the first pause gives the connection its own
-        if flow.paused:
-            await flow.drained()
+            cycle.finish_response()
     return sent

@@ -1,6 +1,10 @@
-"""One HTTP/1.1 connection: httptools parsing, pipelining, keep-alive and flow control.
+"""One HTTP/1.1 connection: httptools parsing, framing, pipelining, keep-alive, flow control.
 
-A connection owns a queue of parsed requests (`RequestCycle`) and answers them strictly in
+The request cycle itself (the app's `receive` and `send`, errors, the access log) is
+version-free (protocols/cycle.py); `Http11Cycle` adds the HTTP/1.1 bytes to it: the status line
+and headers, Content-Length or chunks, `Connection`, HTTP/1.0 and `100 Continue`.
+
+A connection owns a queue of parsed requests (`Http11Cycle`) and answers them strictly in
 order; at most one app call is answering at a time. The app call for a request starts once its
 head is parsed and the previous response is complete, as an eager Task (see `tasks.start_app`),
 so a request that needs no I/O is answered inside `data_received`.
@@ -18,42 +22,34 @@ import asyncio
 import re
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, Final, final
-from urllib.parse import unquote
 
 import httptools
 
-from aserve.asgi import ASGI_VERSION, HTTP_SPEC_VERSION, ClientDisconnected, InvalidResponse
 from aserve.flow_control import READY, UNPAUSED, WriteFlow
 from aserve.logging import error_logger
-from aserve.protocols.body import receive_body
-from aserve.protocols.extensions import accepts_trailers, send_extension
-from aserve.protocols.headers import (
-    STATUS_LINES,
-    HeaderBlock,
-    encode_headers,
-    status_code,
-    status_line,
-)
+from aserve.protocols.cycle import RequestCycle, build_scope, connection_parts
+from aserve.protocols.extensions import accepts_trailers
+from aserve.protocols.headers import STATUS_LINES, status_line
 from aserve.protocols.rejection import (
     BAD_REQUEST,
     CONTENT_TOO_LARGE,
     FIELDS_TOO_LARGE,
     NOT_IMPLEMENTED,
     REQUEST_TIMEOUT,
-    SERVICE_UNAVAILABLE,
     URI_TOO_LONG,
     VERSION_NOT_SUPPORTED,
     RequestRejected,
     classify,
     error_response,
 )
-from aserve.proxy import TrustedProxies, apply_forwarded_headers
-from aserve.tasks import start_app, task_done, task_exception
+from aserve.protocols.sendfile import copy_file
+from aserve.tasks import task_done
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable
 
-    from aserve.asgi import ASGIApp, Message
+    from aserve.protocols.headers import HeaderBlock
+    from aserve.proxy import TrustedProxies
     from aserve.state import ServerState
 
 # True when this module runs compiled by mypyc (setup.py), False when it runs as Python source.
@@ -87,8 +83,6 @@ _HASH: Final = ord("#")
 _AUTHORITY: Final = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[\w.~!$&'()*+,;=%-]+):[0-9]+", re.ASCII)
 _QUESTION_MARK: Final = ord("?")
 
-_ASGI: Final[dict[str, str]] = {"version": ASGI_VERSION, "spec_version": HTTP_SPEC_VERSION}
-
 # `name.translate(_LOWERCASE)` is `name.lower()`; compiled, it is a loop in C instead of a
 # method call, and a name already in lowercase comes back as the same object.
 _LOWERCASE: Final = bytes.maketrans(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ", b"abcdefghijklmnopqrstuvwxyz")
@@ -99,8 +93,6 @@ _CLOSE: Final = b"connection: close\r\n"
 _KEEP_ALIVE: Final = b"connection: keep-alive\r\n"
 _LAST_CHUNK: Final = b"0\r\n\r\n"
 
-_ERROR_HEADERS: Final = [(b"content-type", b"text/plain; charset=utf-8")]
-
 # What a Host header may hold (RFC 9110, 7.2: uri-host [":" port]); checked once per distinct
 # value, see `ServerState.valid_host`.
 _HOST: Final = re.compile(
@@ -110,39 +102,13 @@ _HOST: Final = re.compile(
 )
 
 
-class RequestCycle:
-    """One request and its response: the app's `receive`, and its `send` (the cycle itself).
+@final
+class Http11Cycle(RequestCycle):
+    """A request cycle framed as HTTP/1.1: the status line and header bytes, Content-Length
+    or chunks, `Connection`, HTTP/1.0, `100 Continue` (see protocols/cycle.py for the
+    contract it implements)."""
 
-    `send` is a plain call returning an awaitable: when nothing needs to wait it returns
-    `READY`, already complete, so the common case costs no coroutine and no suspension.
-    """
-
-    __slots__ = (
-        "_block",
-        "_line",
-        "body_done",
-        "body_size",
-        "bytes_sent",
-        "chunked",
-        "chunks",
-        "complete",
-        "conn",
-        "delivered",
-        "disconnected",
-        "expect_100",
-        "ext",
-        "head_only",
-        "head_written",
-        "http10",
-        "keep_alive",
-        "length_left",
-        "received",
-        "scope",
-        "start_time",
-        "started",
-        "status",
-        "waiter",
-    )
+    __slots__ = ("_line", "chunked", "conn", "expect_100", "http10", "keep_alive")
 
     def __init__(
         self,
@@ -153,148 +119,22 @@ class RequestCycle:
         keep_alive: bool,
         expect_100: bool,
     ) -> None:
+        super().__init__(conn.state, scope, head_request)
         self.conn = conn
-        self.scope = scope
         # Kept from the request itself, not read back from the scope the app may change.
         self.http10 = http10
-        self.head_only = head_request  # no body in the response (also set by its status)
         self.keep_alive = keep_alive
         self.expect_100 = expect_100
-        self.chunks: list[bytes] = []
-        self.body_size = 0
-        self.received = 0  # request body bytes, all told
-        self.body_done = False
-        self.delivered = False  # the last http.request message (more_body False) was handed out
-        self.disconnected = False
-        self.waiter: asyncio.Future[None] | None = None
-        self.started = False
-        self.head_written = False
-        self.complete = False
         self.chunked = False
-        self.length_left = -1
-        self.status = 0
-        self.bytes_sent = 0
-        self.start_time = 0.0
-        self._block: HeaderBlock | None = None
         self._line = b""
-        # Set (protocols/extensions.py) while this request needs the extensions' path.
-        self.ext: Any = None
 
-    # -- driven by the connection ----------------------------------------------------------
-
-    def app_finished(self, task: asyncio.Task[Any]) -> None:
-        """What to do once the app call is over: the app's Task is its own coroutine, so a
-        failure is read from the Task here instead of a wrapper coroutine per request."""
-        self.conn.state.tasks.discard(task)
-        try:
-            exc = task_exception(task)
-        except asyncio.CancelledError:
-            if not self.complete:
-                self.conn.abort()
-            return
-        if exc is not None:
-            self._app_failed(exc)
-        elif self.complete:
-            return
-        elif not self.started:
-            if not self.disconnected:
-                error_logger.error("ASGI callable returned without starting a response.")
-                self._respond_500()
-        else:
-            error_logger.error("ASGI callable returned without completing the response.")
-            self.conn.abort()
-
-    def feed_body(self, data: bytes) -> None:
-        if self.complete or self.disconnected:
-            return  # the app is done with this request: the rest of the body is dropped
-        self.chunks.append(data)
-        size = len(data)
-        self.received += size
-        self.body_size += size
-        if self.body_size > BODY_HIGH_WATER:
-            self.conn.pause_reading(_PAUSED_FOR_BODY)
-        self._wake()
-
-    def lose_connection(self) -> None:
-        if not self.disconnected and not self.complete:
-            metrics = self.conn.state.metrics
-            if metrics is not None:
-                metrics.request_aborted(self.bytes_sent, self.received)
-        self.disconnected = True
-        self._wake()
-        if self.ext is not None:
-            self.ext.lost()
-
-    def _wake(self) -> None:
-        waiter = self.waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    # -- the app's side --------------------------------------------------------------------
-
-    def receive(self) -> Awaitable[Message]:
-        return receive_body(self)
-
-    def ask_for_body(self) -> None:
-        """The app waits for a body it was promised on `Expect: 100-continue`: ask for it."""
-        if self.expect_100:
-            self.expect_100 = False
-            self.conn.write(_CONTINUE)
-            self.conn._body_read_at = self.conn.loop.time()  # the client starts its body now
-
-    def take_body(self) -> Message:
-        chunks = self.chunks
-        if not chunks:
-            body = b""
-        elif len(chunks) == 1:
-            body = chunks[0]
-        else:
-            body = b"".join(chunks)
-        self.chunks = []
-        if self.body_size > BODY_HIGH_WATER:
-            self.conn.resume_reading(_PAUSED_FOR_BODY)
-        self.body_size = 0
-        more_body = not self.body_done
-        self.delivered = not more_body
-        return {"type": "http.request", "body": body, "more_body": more_body}
-
-    def __call__(self, message: Message) -> Awaitable[None]:
-        """The app's `send`: the cycle is passed as `send` itself, because a bound method
-        would be a new object for every request."""
-        if self.disconnected:
-            raise ClientDisconnected("the client closed the connection")
-        # Typed as a dict, compiled reads are direct dict lookups instead of method calls; a
-        # message that is another kind of mapping is copied into one.
-        event: dict[str, Any] = message if type(message) is dict else dict(message)
-        kind = event["type"]
-        # Other messages (the ASGI extensions, errors), and all of a request that accepts
-        # trailers (`ext`), take the slow path in protocols/extensions.py.
-        if not self.started:
-            if kind != "http.response.start" or self.ext is not None:
-                return send_extension(self, event)
-            self._start(event["status"], event.get("headers", ()))
-        elif not self.complete:
-            if kind != "http.response.body" or self.ext is not None:
-                return send_extension(self, event)
-            self._body(event.get("body", b""), event.get("more_body", False))
-        else:
-            return send_extension(self, event)
-        flow = self.conn.flow
-        return flow.drained() if flow.paused else READY
-
-    # -- writing the response --------------------------------------------------------------
-
-    def _start(self, status: Any, headers: Any) -> None:
-        code: int = status if type(status) is int else status_code(status)
-        line = STATUS_LINES.get(code) or status_line(code)
-        self._block = encode_headers(headers)
-        self.status = code
-        self.started = True
-        if code < 200 or code == 204 or code == 304:
-            self.head_only = True
-        if self._block.close or code < 200:
+    def write_start(self) -> None:
+        code = self.status
+        self._line = STATUS_LINES.get(code) or status_line(code)
+        block = self.block
+        assert block is not None
+        if block.close or code < 200:
             self.keep_alive = False
-        self._line = line
         conn = self.conn
         if not conn.dispatching:
             # The app runs outside the eager start; make sure the head goes out this loop turn
@@ -313,14 +153,10 @@ class RequestCycle:
         if task is None or not task.done():
             self.flush_head()
 
-    def flush_head(self) -> None:
-        if self.started and not self.head_written and not self.disconnected:
-            self.conn.write(self._head(0, True))
-
     def _head(self, size: int, more_body: object) -> bytes:
         """Status line and headers, with framing decided from the first body message (`size`
         bytes, the last one unless `more_body`)."""
-        block = self._block
+        block = self.block
         assert block is not None
         conn = self.conn
         self.head_written = True
@@ -331,10 +167,9 @@ class RequestCycle:
             else state.default_headers_without(block.has_server, block.has_date)
         )
         framing = b""
-        if self.status < 200 or self.status in (204, 304):
-            pass
-        elif block.content_length >= 0:
-            self.length_left = block.content_length
+        status = self.status
+        if block.content_length >= 0 or status < 200 or status == 204 or status == 304:
+            pass  # the length is declared, or the response has no body
         elif not more_body and not block.chunked:
             framing = b"content-length: %d\r\n" % size
         elif not self.http10:
@@ -356,15 +191,9 @@ class RequestCycle:
         # no buffer protocol): about 500 instructions less than b"".join here.
         return b"%s%s%s%s%s\r\n" % (self._line, block.data, defaults, framing, connection)
 
-    def _body(self, body: Any, more_body: object) -> None:
-        if type(body) is not bytes:
-            if not isinstance(body, bytes | bytearray | memoryview):
-                raise InvalidResponse(f"response body must be bytes, got {type(body).__name__}")
-            body = bytes(body)
+    def write_body(self, body: bytes, more_body: object) -> None:
         size = len(body)
         head = b"" if self.head_written else self._head(size, more_body)
-        if size > self.length_left >= 0 and not self.head_only:
-            raise InvalidResponse("response body is longer than its Content-Length")
         if self.head_only:
             payload = b""
         elif self.chunked:
@@ -373,61 +202,63 @@ class RequestCycle:
                 payload += _LAST_CHUNK
         else:
             payload = body
-            if self.length_left >= 0:
-                self.length_left -= size
         # len(), not truthiness: compiled, a bytes object's truth is a generic C-API call.
         data = head + payload if len(head) > 0 else payload
         if len(data) > 0:
             self.conn.write(data)
-        self.bytes_sent += size
-        if not more_body:
-            self._finish()
 
-    def _finish(self) -> None:
-        self.complete = True
+    def write_informational(self, status: int, block: HeaderBlock) -> None:
+        if self.http10:
+            return  # RFC 9110, 15.2: an HTTP/1.0 client does not expect 1xx answers
+        line = STATUS_LINES.get(status) or status_line(status)
+        self.conn.write(b"%s%s\r\n" % (line, block.data))
+
+    def trailers_possible(self) -> bool:
+        # Trailers need a chunked body: not with a Content-Length, not in HTTP/1.0.
+        block = self.block
+        return not self.http10 and block is not None and block.content_length < 0
+
+    def write_trailers(self, blocks: list[HeaderBlock]) -> None:
+        self.conn.write(b"0\r\n%s\r\n" % b"".join([block.data for block in blocks]))
+
+    def write_file(self, fd: int, offset: int, count: int, more_body: bool) -> Awaitable[int]:
+        head = b"" if self.head_written else self._head(count, more_body)
+        if self.head_only:
+            count = 0
+        chunked = self.chunked and count > 0
+        prefix = head + (b"%x\r\n" % count if chunked else b"")
+        tail = b"\r\n" if chunked else b""
+        if self.chunked and not more_body:
+            tail += _LAST_CHUNK
+        return copy_file(self.conn, self, prefix, fd, offset, count, tail)
+
+    def write_pressure(self) -> Awaitable[None]:
+        flow = self.conn.flow
+        return flow.drained() if flow.paused else READY
+
+    def body_consumed(self, size: int) -> None:
+        if size > BODY_HIGH_WATER:
+            self.conn.resume_reading(_PAUSED_FOR_BODY)
+
+    def ask_for_body(self) -> None:
+        """The app waits for a body it was promised on `Expect: 100-continue`: ask for it."""
+        if self.expect_100:
+            self.expect_100 = False
+            self.conn.write(_CONTINUE)
+            self.conn._body_read_at = self.conn.loop.time()  # the client starts its body now
+
+    def response_done(self) -> None:
         if self.length_left > 0 and not self.head_only:
-            error_logger.error("response body is shorter than its Content-Length; closing")
-            self.keep_alive = False
-        if self.waiter is not None:
-            self._wake()
-        conn = self.conn
-        state = conn.state
-        if state.access_log is not None:
-            duration = state.duration_clock() - self.start_time
-            state.access_log.log(self.scope, self.status, self.bytes_sent, duration)
-        metrics = state.metrics
-        if metrics is not None:
-            duration = state.duration_clock() - self.start_time
-            metrics.response_complete(self.status, self.bytes_sent, self.received, duration)
-        conn.response_complete(self)
+            self.keep_alive = False  # the body is short of its Content-Length: close
+        self.conn.response_complete(self)
 
-    # -- errors ----------------------------------------------------------------------------
-
-    def _app_failed(self, exc: BaseException) -> None:
-        if self.disconnected:
-            # The client left; what the app raised on the way out is not worth a traceback.
-            error_logger.debug("ASGI app raised after the client disconnected: %r", exc)
-            return
-        if isinstance(exc, InvalidResponse):
-            error_logger.error("Invalid response from ASGI app: %s", exc)
-        else:
-            error_logger.error("Exception in ASGI application", exc_info=exc)
-        if not self.started:
-            self._respond_500()
-        elif not self.complete:
-            self.conn.abort()  # the head is out: closing is the only honest way to fail now
-
-    def _respond_500(self) -> None:
-        self.respond_error(500, b"Internal Server Error")
+    def abort(self) -> None:
+        self.conn.abort()
 
     def respond_error(self, status: int, body: bytes) -> None:
-        """Answer in the app's place, before it started a response."""
-        self.started = False
-        self.head_written = False
         if status != 500:
             self.keep_alive = False  # the app may still be running: this connection is done
-        self._start(status, _ERROR_HEADERS)
-        self._body(body, False)
+        super().respond_error(status, body)
 
 
 @final
@@ -566,15 +397,15 @@ class HttpProtocol(asyncio.Protocol):
         # deque: the queue rarely holds more than one request. A pipelined burst parsed from
         # one read can queue thousands; pop(0) then costs about 16 ms for the 14k requests a
         # 256 KiB read holds, beside some 300 ms to answer them.
-        self._next: RequestCycle | None = None
-        self._later: list[RequestCycle] | None = None
-        self._active: RequestCycle | None = None
+        self._next: Http11Cycle | None = None
+        self._later: list[Http11Cycle] | None = None
+        self._active: Http11Cycle | None = None
         # What `write` holds back while dispatching: the first piece alone (most often the
         # only one: no list per request), then all of them in a list.
         self._batch_first: bytes | None = None
         self._batch: list[bytes] | None = None
         self._batch_size = 0
-        self._parsing: RequestCycle | None = None
+        self._parsing: Http11Cycle | None = None
         self._headers: list[tuple[bytes, bytes]] | None = None  # from the head's first field
         self._url = b""
         self._line_chunk: bytes | None = None
@@ -621,22 +452,11 @@ class HttpProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         self.state.connections.add(self)
-        if self._given_addresses is None:
-            self.server = _local_address(transport.get_extra_info("sockname"))
-            self.client = _address(transport.get_extra_info("peername"))
-        else:
-            self.client, self.server = self._given_addresses
-        if transport.get_extra_info("sslcontext") is not None:
-            self.scheme = "https"
-            tls = self.state.tls_info
-            if tls is not None:
-                extensions = dict(self._extensions)
-                extensions["tls"] = tls.extension(transport.get_extra_info("ssl_object"))
-                self._extensions = extensions
-        trusted = self.state.trusted_proxies
-        # A peer on a Unix socket has no address (client None): it is trusted as the list says.
-        if trusted is not None and trusted.trusts_peer(self.client[0] if self.client else ""):
-            self._proxy = trusted  # the peer is a proxy we believe: read its forwarding headers
+        # The scope's parts every request of the connection shares (protocols/cycle.py); a
+        # proxy only when the peer is one we believe: then its forwarding headers are read.
+        self.server, self.client, self.scheme, self._extensions, self._proxy = connection_parts(
+            self.state, transport, self._given_addresses
+        )
         # The first request head must arrive in time, counted from the connection itself.
         self._idle_since = self._head_started = self.loop.time()
         self._arm(self._head_started + self.state.timeout_request_header)
@@ -830,35 +650,19 @@ class HttpProtocol(asyncio.Protocol):
                 raw_path, query = target, b""
         else:
             raw_path, query = _split_target(target, method)
-        try:
-            path = raw_path.decode("ascii")
-        except UnicodeDecodeError:
-            raise httptools.HttpParserError("non-ASCII byte in the request target") from None
-        if "%" in path:
-            path = unquote(path)
-        root_path = state.root_path
-        if root_path:
-            path = root_path + path
-            raw_path = root_path.encode("latin-1") + raw_path
-        scope = state.http_scope_template.copy()
-        scope["server"] = self.server
-        scope["client"] = self.client
-        scope["scheme"] = self.scheme
-        scope["asgi"] = _ASGI.copy()  # per request: an app may change its scope
-        scope["http_version"] = http_version
-        scope["method"] = method
-        scope["path"] = path
-        scope["raw_path"] = raw_path
-        scope["query_string"] = query
-        scope["headers"] = headers
-        scope["state"] = state.lifespan_state.copy()
-        # Per request, as "asgi" above: a middleware that adds an extension for its own
-        # request must not add it to every later request.
-        scope["extensions"] = self._extensions.copy()
-        if forwarded and self._proxy is not None:
-            scope["client"], scope["scheme"] = apply_forwarded_headers(
-                self._proxy, headers, self.client, self.scheme
-            )
+        scope = build_scope(
+            state,
+            http_version,
+            method,
+            raw_path,
+            query,
+            headers,
+            self.server,
+            self.client,
+            self.scheme,
+            self._extensions,
+            self._proxy if forwarded else None,
+        )
         keep_alive = parser.should_keep_alive() and not state.shutting_down
         # llhttp only upgrades on an Upgrade header or CONNECT: skip the call otherwise.
         if (upgrade_offer is not None or method == "CONNECT") and parser.should_upgrade():
@@ -868,7 +672,7 @@ class HttpProtocol(asyncio.Protocol):
                 return
             keep_alive = False  # any other upgrade is answered as HTTP, then we close
         http10 = http_version == "1.0"
-        cycle = RequestCycle(
+        cycle = Http11Cycle(
             self, scope, http10, method == "HEAD", keep_alive, expect_100 and not http10
         )
         if self._te is not None:
@@ -876,10 +680,6 @@ class HttpProtocol(asyncio.Protocol):
             if not http10:
                 cycle.ext = accepts_trailers(self._te)
             self._te = None
-        if state.access_log is not None or state.metrics is not None:
-            cycle.start_time = state.duration_clock()
-            if state.metrics is not None:
-                state.metrics.request_received()
         self._parsing = cycle
         if self._next is None:
             self._next = cycle
@@ -938,17 +738,18 @@ class HttpProtocol(asyncio.Protocol):
         limit = self.state.limit_request_body
         if limit is not None and received > limit:
             raise RequestRejected(CONTENT_TOO_LARGE, "request body too large")
-        if self._parsing is not None:
-            self._parsing.feed_body(body)
+        cycle = self._parsing
+        if cycle is not None:
+            cycle.feed_body(body)
+            if cycle.body_size > BODY_HIGH_WATER:
+                self.pause_reading(_PAUSED_FOR_BODY)  # until the app takes it (`body_consumed`)
 
     def on_message_complete(self) -> None:
         self._raw = 0
         cycle = self._parsing
         if cycle is not None:
             self._parsing = None
-            cycle.body_done = True
-            if cycle.waiter is not None:
-                cycle._wake()
+            cycle.end_body()
 
     # -- answering requests in order -------------------------------------------------------
 
@@ -964,25 +765,16 @@ class HttpProtocol(asyncio.Protocol):
         self.dispatching = True
         try:
             state = self.state
-            tasks = state.tasks
             while self._active is None and self._next is not None:
                 cycle = self._next
                 later = self._later
                 self._next = later.pop(0) if later else None
                 self._active = cycle
-                # The cycle itself is the app's `send` (see `RequestCycle.__call__`).
-                task = start_app(
-                    self.loop, self._app(), cycle.scope, cycle.receive, cycle, state.base_context
-                )
-                if task_done(task):
-                    cycle.app_finished(task)
-                else:
-                    tasks.add(task)
-                    task.add_done_callback(cycle.app_finished)
-                    if state.timeout_request is not None:
-                        self._request_task = task
-                        self._request_started = self.loop.time()
-                        self._arm(self._request_started + state.timeout_request)
+                task = cycle.run_app()
+                if task is not None and state.timeout_request is not None:
+                    self._request_task = task
+                    self._request_started = self.loop.time()
+                    self._arm(self._request_started + state.timeout_request)
                 if cycle.started and not cycle.head_written and not cycle.disconnected:
                     cycle.flush_head()  # the app paused between start and body
             if self._paused & _PAUSED_FOR_PIPELINE and self._queued() <= PIPELINE_HIGH_WATER // 2:
@@ -998,14 +790,7 @@ class HttpProtocol(asyncio.Protocol):
             if self._batch_first is not None:
                 self._flush()
 
-    def _app(self) -> ASGIApp:
-        state = self.state
-        limit = state.limit_concurrency
-        if limit is not None and (len(state.connections) > limit or len(state.tasks) >= limit):
-            return _service_unavailable
-        return state.app
-
-    def response_complete(self, cycle: RequestCycle) -> None:
+    def response_complete(self, cycle: Http11Cycle) -> None:
         if self._active is cycle:
             self._active = None
         if self._closed:
@@ -1032,7 +817,7 @@ class HttpProtocol(asyncio.Protocol):
         later = self._later
         return 1 + len(later) if later is not None else 1
 
-    def _unqueue(self, cycle: RequestCycle) -> bool:
+    def _unqueue(self, cycle: Http11Cycle) -> bool:
         """Take `cycle` out of the requests waiting their turn; False if it is not there."""
         if self._next is cycle:
             later = self._later
@@ -1240,7 +1025,8 @@ class HttpProtocol(asyncio.Protocol):
                 else:
                     request_deadline = self._request_started + timeout
                     if now >= request_deadline:
-                        self._request_timed_out(active, task, timeout)
+                        self._request_task = None
+                        active.request_timed_out(task, timeout)
                         return
                     deadline = min(deadline, request_deadline)
             started = self._head_started
@@ -1256,20 +1042,6 @@ class HttpProtocol(asyncio.Protocol):
                 else:
                     deadline = min(deadline, head_deadline)
         self._arm(deadline)
-
-    def _request_timed_out(
-        self, cycle: RequestCycle, task: asyncio.Task[Any], timeout: float
-    ) -> None:
-        self._request_task = None
-        scope = cycle.scope
-        error_logger.error(
-            "Request cancelled after %ss without a response: %s %s",
-            timeout,
-            scope.get("method"),
-            scope.get("path"),
-        )
-        cycle.respond_error(SERVICE_UNAVAILABLE, b"Service Unavailable")
-        task.cancel()
 
     def _check_raw(self) -> None:
         """After a read that left bytes the parser holds unseen: a head in progress (a header
@@ -1356,24 +1128,6 @@ class HttpProtocol(asyncio.Protocol):
         self.transport.set_protocol(websocket)
         self.transport.resume_reading()
         websocket.start(trailing)
-
-
-async def _service_unavailable(scope: Any, receive: Any, send: Any) -> None:
-    await send({"type": "http.response.start", "status": 503, "headers": _ERROR_HEADERS})
-    await send({"type": "http.response.body", "body": b"Service Unavailable"})
-
-
-def _address(value: Any) -> tuple[str, int] | None:
-    if isinstance(value, tuple) and len(value) >= 2:
-        return (str(value[0]), int(value[1]))
-    return None
-
-
-def _local_address(value: Any) -> tuple[str, int | None] | None:
-    """The listener a connection arrived on: (host, port), or (path, None) on a Unix socket."""
-    if isinstance(value, str):
-        return (value, None) if value else None
-    return _address(value)
 
 
 def _split_target(target: bytes, method: str) -> tuple[bytes, bytes]:
