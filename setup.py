@@ -22,6 +22,7 @@ from setuptools.command.build_ext import build_ext
 COMPILED_MODULES = [
     "src/aserve/protocols/cycle.py",
     "src/aserve/protocols/http.py",
+    "src/aserve/protocols/http2.py",
     "src/aserve/protocols/headers.py",
     "src/aserve/protocols/hpack.py",
     "src/aserve/state.py",

@@ -23,7 +23,7 @@ from aserve.config import Config, ConfigError
 from aserve.metrics import DURATION_BUCKETS, Metrics
 from aserve.supervisor import START_KILLED, Worker
 
-SAMPLE = re.compile(r"^([a-z_]+)(\{[^}]*\})? (\S+)$")
+SAMPLE = re.compile(r"^([a-z_][a-z0-9_]*)(\{[^}]*\})? (\S+)$")
 
 release = threading.Event()
 

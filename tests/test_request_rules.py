@@ -71,7 +71,6 @@ REFUSED = {
     "HTTP/2.0 request line": (get(b"/ HTTP/2.0"), 505),
     "HTTP/1.2": (get(b"/ HTTP/1.2"), 505),
     "HTTP/0.9 version": (get(b"/ HTTP/0.9"), 505),
-    "HTTP/2 preface": (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 505),
     "version in lowercase": (get(b"/ http/1.1"), 400),
     "space after version": (get(b"/ HTTP/1.1 "), 400),
     "control character in target": (get(b"/a\x01b HTTP/1.1"), 400),
@@ -128,6 +127,24 @@ async def test_refused_with_one_answer_in_every_split(name):
         assert outcome.closed, pieces
         assert b"connection: close\r\n" in outcome.data
         assert b"Invalid HTTP request: " in outcome.data
+
+
+async def test_the_http2_preface_without_http2_is_refused_in_every_split():
+    for pieces in splits(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"):
+        outcome = await exchange(pieces, http2=False)
+        assert outcome.statuses == [505], (pieces, outcome.data)
+        assert outcome.closed, pieces
+
+
+async def test_the_http2_preface_starts_http2_in_every_split():
+    """(With HTTP/2 on, the default: tests/test_http2.py has the rest.)"""
+    settings_frame = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+    for pieces in splits(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + settings_frame):
+        outcome = await exchange(pieces)
+        # Our SETTINGS, then the acknowledgement of the client's: HTTP/2, not an HTTP/1.1 answer.
+        assert outcome.data[3:5] == b"\x04\x00", (pieces, outcome.data)
+        assert b"\x00\x00\x00\x04\x01\x00\x00\x00\x00" in outcome.data, pieces
+        assert not outcome.data.startswith(b"HTTP/1.1"), pieces
 
 
 @pytest.mark.parametrize("name", list(SERVED))

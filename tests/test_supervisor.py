@@ -158,8 +158,12 @@ class Load:
     none.
     """
 
-    def __init__(self, url: str, keep_alive: int = 4, new_connections: int = 2) -> None:
+    def __init__(
+        self, url: str, keep_alive: int = 4, new_connections: int = 2, http2: bool = False
+    ) -> None:
         self.url = url
+        # HTTP/2 by prior knowledge (h2c) when asked: httpx with python-hyper's h2.
+        self.versions = {"http1": not http2, "http2": http2}
         self.stopping = threading.Event()
         self.ok = 0
         self.failures: list[str] = []
@@ -193,7 +197,7 @@ class Load:
                 self.pids[int(response.text)] += 1
 
     def _keep_alive(self) -> None:
-        with httpx.Client(timeout=10) as client:
+        with httpx.Client(timeout=10, **self.versions) as client:
             while not self.stopping.is_set():
                 try:
                     self._record(client.get(self.url + "/"), None)
@@ -203,7 +207,12 @@ class Load:
     def _new_connections(self) -> None:
         while not self.stopping.is_set():
             try:
-                response = httpx.get(self.url + "/", timeout=10, headers={"connection": "close"})
+                if self.versions["http2"]:
+                    with httpx.Client(timeout=10, **self.versions) as client:
+                        response = client.get(self.url + "/")
+                else:
+                    headers = {"connection": "close"}
+                    response = httpx.get(self.url + "/", timeout=10, headers=headers)
                 self._record(response, None)
             except httpx.HTTPError as exc:
                 self._record(None, exc)
@@ -574,6 +583,24 @@ def test_sighup_restarts_every_worker_under_load_without_a_failed_request(superv
     after = server.worker_pids()
     assert len(after) == 2 and not after & before
     assert set(load.pids) >= after  # the new workers served the load
+    assert server.stop() == 0
+
+
+@pytest.mark.once
+def test_sighup_under_http2_load_loses_no_request(supervised):
+    """Each draining worker ends its HTTP/2 connections with GOAWAY (docs/http2.md): the
+    clients' next requests go to the new workers, and none fails."""
+    server = supervised("--workers", "2")
+    server.wait_until_running()
+    before = server.worker_pids()
+    with Load(server.url, http2=True) as load:
+        load.wait_for(200)
+        server.send(signal.SIGHUP)
+        server.wait_for_log("Reload complete")
+        poll(lambda: not (server.worker_pids() & before), what="the old workers to exit")
+        load.wait_for(200)
+    assert load.failures == [], load.failures[:5]
+    assert set(load.pids) >= server.worker_pids()  # the new workers served the load
     assert server.stop() == 0
 
 

@@ -160,8 +160,9 @@ def test_optional_client_certificate(certs):
     assert scopes[1]["extensions"]["tls"]["client_cert_chain"][0] == certs["client_pem"]
 
 
-def test_alpn_offers_http_1_1(certs):
-    with serve(record, **tls_options(certs)) as server:
+def test_alpn_offers_http_1_1_only_with_http2_off(certs):
+    # (With HTTP/2 on, "h2" comes first: tests/test_http2.py.)
+    with serve(record, **tls_options(certs, http2=False)) as server:
         context = client_context(certs)
         context.set_alpn_protocols(["h2", "http/1.1"])
         with (

@@ -652,17 +652,22 @@ async def http_hello(scope, receive, send):
     )
 
 
-def test_other_upgrades_are_answered_as_http_and_the_rest_is_not_parsed():
+@pytest.mark.parametrize(
+    ("upgrade", "options"),
+    [(b"h2c", {"http2": False}), (b"foo/1", {})],
+    ids=["h2c with HTTP/2 off", "an unknown protocol"],
+)
+def test_other_upgrades_are_answered_as_http_and_the_rest_is_not_parsed(upgrade, options):
     paths = []
 
     async def app(scope, receive, send):
         paths.append(scope["path"])
         await http_hello(scope, receive, send)
 
-    with serve(app) as server:
+    with serve(app, **options) as server:
         response = server.request(
             b"GET /first HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\n"
-            b"Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n"
+            b"Upgrade: " + upgrade + b"\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n"
             b"GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n"
         )
     assert response.startswith(b"HTTP/1.1 200 OK")

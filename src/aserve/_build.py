@@ -19,6 +19,7 @@ HOT_PATH_MODULES = (
     "aserve.protocols.headers",
     "aserve.protocols.hpack",
     "aserve.protocols.http",
+    "aserve.protocols.http2",
     "aserve.state",
     "aserve.tasks",
 )

@@ -13,6 +13,9 @@ from click.core import ParameterSource
 
 from aserve import __version__
 from aserve.config import (
+    DEFAULT_HTTP2_INITIAL_WINDOW_SIZE,
+    DEFAULT_HTTP2_MAX_CONCURRENT_STREAMS,
+    DEFAULT_HTTP2_MAX_FRAME_SIZE,
     DEFAULT_LIMIT_REQUEST_FIELD_SIZE,
     DEFAULT_LIMIT_REQUEST_FIELDS,
     DEFAULT_LIMIT_REQUEST_HEAD,
@@ -256,6 +259,30 @@ def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> 
     default=None,
     help="Largest request body in bytes; larger: 413. Default: unlimited.",
 )
+# HTTP/2 (docs/http2.md); --http2/--no-http2 is with uvicorn's options below.
+@click.option(
+    "--http2-max-concurrent-streams",
+    type=int,
+    default=DEFAULT_HTTP2_MAX_CONCURRENT_STREAMS,
+    show_default=True,
+    help="Streams a client may have open at once on one HTTP/2 connection; more are refused "
+    "(REFUSED_STREAM).",
+)
+@click.option(
+    "--http2-initial-window-size",
+    type=int,
+    default=DEFAULT_HTTP2_INITIAL_WINDOW_SIZE,
+    show_default=True,
+    help="Bytes of a request body an HTTP/2 client may send before its app reads them "
+    "(flow control window per stream, 65535 to 2147483647).",
+)
+@click.option(
+    "--http2-max-frame-size",
+    type=int,
+    default=DEFAULT_HTTP2_MAX_FRAME_SIZE,
+    show_default=True,
+    help="Largest HTTP/2 frame payload accepted, in bytes (16384 to 16777215).",
+)
 # Request deadlines (hardening; docs/security.md).
 @click.option(
     "--timeout-request-header",
@@ -479,8 +506,8 @@ def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> 
     "--http2/--no-http2",
     default=True,
     show_default=True,
-    help="HTTP/2 beside HTTP/1.1: by ALPN on TLS, by prior knowledge or Upgrade on "
-    "cleartext. Not served yet: HTTP/1.1 only for now.",
+    help="HTTP/2 beside HTTP/1.1: by ALPN on TLS, by prior knowledge or Upgrade: h2c on "
+    "cleartext (docs/http2.md).",
 )
 @click.option(
     "--http",

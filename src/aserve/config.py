@@ -72,6 +72,15 @@ DEFAULT_TIMEOUT_REQUEST_BODY_IDLE = 60.0
 # threads connections). 10 is uvicorn's WSGI pool, so a migrated app sees the same concurrency.
 DEFAULT_WSGI_THREADS = 10
 
+# HTTP/2 (docs/http2.md). Streams at once per connection: nginx's 128 (browsers open up to 100
+# or so). The window a stream's request body may fill before its app reads it: 256 KiB (one
+# window per round trip is an upload's speed over a long link; 64 KiB, the RFC default, caps
+# it at 6 MB/s over 10 ms), so a connection holds at most 128 x 256 KiB of bodies not yet read.
+# Frames: the RFC's minimum, 16 KiB, which every client sends within.
+DEFAULT_HTTP2_MAX_CONCURRENT_STREAMS = 128
+DEFAULT_HTTP2_INITIAL_WINDOW_SIZE = 256 * 1024
+DEFAULT_HTTP2_MAX_FRAME_SIZE = 16384
+
 
 @dataclass
 class Config:
@@ -181,6 +190,10 @@ class Config:
     drain_delay: float = 0.0
     # WSGI apps (wsgi.py): --interface wsgi, or auto finding a WSGI callable.
     wsgi_threads: int = DEFAULT_WSGI_THREADS
+    # HTTP/2 (protocols/http2.py, docs/http2.md): ALPN "h2" on TLS, h2c on cleartext.
+    http2_max_concurrent_streams: int = DEFAULT_HTTP2_MAX_CONCURRENT_STREAMS
+    http2_initial_window_size: int = DEFAULT_HTTP2_INITIAL_WINDOW_SIZE
+    http2_max_frame_size: int = DEFAULT_HTTP2_MAX_FRAME_SIZE
 
     def __post_init__(self) -> None:
         if self.env_file is not None:
@@ -240,6 +253,26 @@ class Config:
         if self.access_log_format is not None:
             check_access_log_format(self.access_log_format)
         self._validate_workers()
+        self._validate_http2()
+
+    def _validate_http2(self) -> None:
+        _positive("http2_max_concurrent_streams", self.http2_max_concurrent_streams)
+        if (
+            not isinstance(self.http2_initial_window_size, int)
+            or not 65535 <= self.http2_initial_window_size <= 2**31 - 1
+        ):
+            raise ConfigError(
+                "http2_initial_window_size must be from 65535 to 2147483647, "
+                f"got {self.http2_initial_window_size!r}"
+            )
+        if (
+            not isinstance(self.http2_max_frame_size, int)
+            or not 16384 <= self.http2_max_frame_size <= 2**24 - 1
+        ):
+            raise ConfigError(
+                "http2_max_frame_size must be from 16384 to 16777215, "
+                f"got {self.http2_max_frame_size!r}"
+            )
         if self.reload and not isinstance(self.app, str):
             raise ConfigError('reload needs the app as an import string ("module:attribute")')
         if self.reload and getattr(self, "supervised", False):  # supervisor.py's settings

@@ -45,6 +45,8 @@ class Metrics:
         "completed",
         "duration_buckets",
         "duration_sum",
+        "http2_connections",
+        "http2_requests",
         "received_bytes",
         "requests",
         "responses",
@@ -74,6 +76,8 @@ class Metrics:
         self.websockets_closed = 0
         self.websocket_messages = [0, 0]  # received, sent (DIRECTIONS)
         self.websocket_bytes = [0, 0]  # their payload bytes, uncompressed
+        self.http2_connections = 0  # connections that spoke HTTP/2
+        self.http2_requests = 0  # of `requests`, those that came on an HTTP/2 stream
         # A supervisor's worker: its view of the supervisor's shared counts (balance.py), so
         # the restarts it made show here; None in a server without one.
         self.supervisor: AcceptSlot | None = None
@@ -104,6 +108,12 @@ class Metrics:
     def error_response(self, status: int) -> None:
         """An answer the server wrote itself, outside a request cycle (a malformed request)."""
         self.responses[_status_class(status)] += 1
+
+    def http2_connection(self) -> None:
+        self.http2_connections += 1
+
+    def http2_request(self) -> None:
+        self.http2_requests += 1
 
     def websocket_accepted(self) -> None:
         self.websockets_accepted += 1
@@ -138,6 +148,18 @@ class Metrics:
             "counter",
             "HTTP requests received (request heads parsed).",
             [("", self.requests)],
+        )
+        metric(
+            "aserve_http2_requests_total",
+            "counter",
+            "Of the HTTP requests, those that came on an HTTP/2 stream.",
+            [("", self.http2_requests)],
+        )
+        metric(
+            "aserve_http2_connections_total",
+            "counter",
+            "Connections that spoke HTTP/2 (ALPN h2, the client preface, or Upgrade: h2c).",
+            [("", self.http2_connections)],
         )
         metric(
             "aserve_http_responses_total",

@@ -38,6 +38,7 @@ class ServerState:
         "connections",
         "default_headers",
         "duration_clock",
+        "http2",
         "http_scope_template",
         "lifespan_state",
         "limit_concurrency",
@@ -112,6 +113,8 @@ class ServerState:
         )
         # WebSocket upgrades are handled unless turned off ("auto": websockets is a dependency).
         self.websockets = config.ws != "none"
+        # HTTP/2 on connections that ask for it (ALPN, the client preface, Upgrade: h2c).
+        self.http2 = config.http2
         access_log = AccessLog(
             config.access_log, config.access_log_format, config.log_format == "json"
         )

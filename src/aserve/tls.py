@@ -17,8 +17,9 @@ from aserve.errors import ConfigError
 if TYPE_CHECKING:
     from aserve.config import Config
 
-# Offered to clients in this order by ALPN; an HTTP/2 protocol would put "h2" first.
-ALPN_PROTOCOLS = ["http/1.1"]
+# Offered to clients in this order by ALPN: HTTP/2 first, unless it is off (`--no-http2`).
+ALPN_PROTOCOLS = ["h2", "http/1.1"]
+ALPN_HTTP1_ONLY = ["http/1.1"]
 
 # `SSLObject.version()` names to the numbers TLS puts on the wire (the extension's form).
 TLS_VERSIONS = {"SSLv3": 0x0300, "TLSv1": 0x0301, "TLSv1.1": 0x0302, "TLSv1.2": 0x0303}
@@ -122,7 +123,7 @@ def create_ssl_context(config: Config) -> ssl.SSLContext | None:
             raise ConfigError(
                 f"ssl_ciphers: {config.ssl_ciphers!r} selects no cipher OpenSSL knows"
             ) from None
-    context.set_alpn_protocols(ALPN_PROTOCOLS)
+    context.set_alpn_protocols(ALPN_PROTOCOLS if config.http2 else ALPN_HTTP1_ONLY)
     return context
 
 

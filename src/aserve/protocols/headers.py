@@ -56,6 +56,7 @@ class HeaderBlock:
         "close",
         "content_length",
         "data",
+        "h2",
         "has_date",
         "has_server",
     )
@@ -67,6 +68,7 @@ class HeaderBlock:
         self.close = False
         self.has_server = False
         self.has_date = False
+        self.h2: bytes | None = None  # the HPACK encoding, made by HTTP/2 when first needed
 
 
 _cache: Final[dict[tuple[object, ...], HeaderBlock]] = {}

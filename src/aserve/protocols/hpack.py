@@ -18,7 +18,10 @@ from __future__ import annotations
 from typing import Final
 
 # RFC 7541, Appendix A.
-STATIC_TABLE: Final[tuple[tuple[bytes, bytes], ...]] = (
+# Typed `tuple[bytes, ...]` (as the dynamic table's entries): compiled, a `tuple[bytes, bytes]`
+# is unboxed into a C struct and boxed again as a new tuple wherever it goes into a list, where
+# a tuple of any length stays the one object it is, shared by every header list that names it.
+STATIC_TABLE: Final[tuple[tuple[bytes, ...], ...]] = (
     (b":authority", b""),
     (b":method", b"GET"),
     (b":method", b"POST"),
@@ -86,6 +89,7 @@ STATIC_SIZE: Final = 61
 # Each table entry counts its name and value plus 32 (RFC 7541, 4.1); RFC 9113, 6.5.2 counts
 # a header list the same way.
 ENTRY_OVERHEAD: Final = 32
+STATIC_SIZES: Final[list[int]] = [len(n) + len(v) + ENTRY_OVERHEAD for n, v in STATIC_TABLE]
 
 # The bit length of each symbol's code (RFC 7541, Appendix B; symbol 256 is EOS). The code is
 # canonical: codes are handed out in order of length, then of symbol, so the lengths are all
@@ -196,11 +200,12 @@ class Decoder:
     times (an "HPACK bomb") costs a list slot per name until the bound stops it.
     """
 
-    __slots__ = ("_limit", "_table", "max_list_size", "max_table_size", "table_size")
+    __slots__ = ("_limit", "_sizes", "_table", "max_list_size", "max_table_size", "table_size")
 
     def __init__(self, max_table_size: int = 4096, max_list_size: int = 65536) -> None:
-        # Oldest first: the newest entry, index 62, is the last.
-        self._table: list[tuple[bytes, bytes]] = []
+        # Oldest first: the newest entry, index 62, is the last. Each entry's size beside it.
+        self._table: list[tuple[bytes, ...]] = []
+        self._sizes: list[int] = []
         self.table_size = 0
         # What we announced in SETTINGS_HEADER_TABLE_SIZE, and what the client's encoder
         # chose to use of it with its last size update.
@@ -208,8 +213,11 @@ class Decoder:
         self._limit = max_table_size
         self.max_list_size = max_list_size
 
-    def decode(self, data: bytes) -> list[tuple[bytes, bytes]] | None:
-        fields: list[tuple[bytes, bytes]] | None = []
+    def decode(self, data: bytes) -> list[tuple[bytes, ...]] | None:
+        """The (name, value) tuples of a header block, or None past `max_list_size`."""
+        fields: list[tuple[bytes, ...]] | None = []
+        table = self._table
+        sizes = self._sizes
         size = 0
         limit = self.max_list_size
         end = len(data)
@@ -217,18 +225,30 @@ class Decoder:
         may_resize = True  # a table size update may only begin the block (RFC 7541, 4.2)
         while i < end:
             byte = data[i]
+            field: tuple[bytes, ...]
             if byte & 0x80:  # indexed field
                 index, i = _integer(data, i, end, 0x7F)
-                field = self._field(index)
+                if index <= STATIC_SIZE:
+                    if index == 0:
+                        raise HpackError("index 0")
+                    field = STATIC_TABLE[index - 1]
+                    entry = STATIC_SIZES[index - 1]
+                else:
+                    position = len(table) - (index - STATIC_SIZE)
+                    if position < 0:
+                        raise HpackError("index past the dynamic table")
+                    field = table[position]
+                    entry = sizes[position]
             elif byte & 0x40:  # literal, indexed from now on
                 index, i = _integer(data, i, end, 0x3F)
                 if index:
-                    name = self._field(index)[0]
+                    name = self._name(index)
                 else:
                     name, i = _string(data, i, end)
                 value, i = _string(data, i, end)
                 field = (name, value)
-                self._add(field)
+                entry = len(name) + len(value) + ENTRY_OVERHEAD
+                self._add(field, entry)
             elif byte & 0x20:  # dynamic table size update
                 if not may_resize:
                     raise HpackError("table size update after a field")
@@ -241,21 +261,26 @@ class Decoder:
             else:  # literal, not indexed (0000) or never indexed (0001)
                 index, i = _integer(data, i, end, 0x0F)
                 if index:
-                    name = self._field(index)[0]
+                    name = self._name(index)
                 else:
                     name, i = _string(data, i, end)
                 value, i = _string(data, i, end)
                 field = (name, value)
+                entry = len(name) + len(value) + ENTRY_OVERHEAD
             may_resize = False
             if fields is not None:
-                size += len(field[0]) + len(field[1]) + ENTRY_OVERHEAD
+                size += entry
                 if size > limit:
                     fields = None  # decoded on to keep the table in step; nothing kept
                 else:
                     fields.append(field)
         return fields
 
-    def _field(self, index: int) -> tuple[bytes, bytes]:
+    def _name(self, index: int) -> bytes:
+        name: bytes = self._field(index)[0]
+        return name
+
+    def _field(self, index: int) -> tuple[bytes, ...]:
         if index <= STATIC_SIZE:
             if index == 0:
                 raise HpackError("index 0")
@@ -266,28 +291,29 @@ class Decoder:
             raise HpackError("index past the dynamic table")
         return table[position]
 
-    def _add(self, field: tuple[bytes, bytes]) -> None:
-        size = len(field[0]) + len(field[1]) + ENTRY_OVERHEAD
+    def _add(self, field: tuple[bytes, ...], size: int) -> None:
         if size > self._limit:
             self._table.clear()  # an entry larger than the table empties it (RFC 7541, 4.4)
+            self._sizes.clear()
             self.table_size = 0
             return
         self._evict(size)
         self._table.append(field)
+        self._sizes.append(size)
         self.table_size += size
 
     def _evict(self, room: int) -> None:
         """Drop the oldest entries until `room` more bytes fit."""
-        table = self._table
+        sizes = self._sizes
         size = self.table_size
         limit = self._limit - room
         count = 0
         while size > limit:
-            name, value = table[count]
-            size -= len(name) + len(value) + ENTRY_OVERHEAD
+            size -= sizes[count]
             count += 1
         if count:
-            del table[:count]
+            del self._table[:count]
+            del sizes[:count]
             self.table_size = size
 
 

@@ -19,6 +19,7 @@ Connection states, derived from the fields rather than stored twice:
 from __future__ import annotations
 
 import asyncio
+import base64
 import re
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, Final, final
@@ -69,6 +70,13 @@ PIPELINE_HIGH_WATER: Final = 16
 # sending has its answer, and LINGER_TIME bounds what a trickling client may hold.
 LINGER_TIMEOUT: Final = 2.0
 LINGER_TIME: Final = 10.0
+
+# What httptools raises (as its args) when llhttp stops on the HTTP/2 client preface.
+_PRI: Final = ("Pause on PRI/Upgrade",)
+
+_SWITCHING_TO_H2C: Final = (
+    b"HTTP/1.1 101 Switching Protocols\r\nconnection: Upgrade\r\nupgrade: h2c\r\n\r\n"
+)
 
 _PAUSED_FOR_BODY: Final = 1
 _PAUSED_FOR_PIPELINE: Final = 2
@@ -339,6 +347,8 @@ class HttpProtocol(asyncio.Protocol):
         "_fields",
         "_forwarded",
         "_given_addresses",
+        "_h2c",
+        "_h2c_trailing",
         "_head_size",
         "_head_started",
         "_headers",
@@ -427,6 +437,10 @@ class HttpProtocol(asyncio.Protocol):
         self._te: bytes | None = None  # the request's TE header (does it accept trailers?)
         self._websocket_scope: dict[str, Any] | None = None
         self._websocket_trailing: bytes | None = None
+        # A request with `Upgrade: h2c` we switch for: (scope, HEAD?, HTTP2-Settings payload,
+        # TE, body length); and the bytes read after its head.
+        self._h2c: tuple[Any, ...] | None = None
+        self._h2c_trailing: bytes | None = None
         self._pending_error: bytes | None = None
         # The scope's "extensions": the server's, or on a TLS connection its own with "tls".
         # Each request gets a copy (see `on_headers_complete`).
@@ -451,6 +465,11 @@ class HttpProtocol(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        if self.state.http2 and transport.get_extra_info("sslcontext") is not None:
+            ssl_object = transport.get_extra_info("ssl_object")
+            if ssl_object is not None and ssl_object.selected_alpn_protocol() == "h2":
+                self._switch_to_http2(b"", 0, alpn=True)
+                return
         self.state.connections.add(self)
         # The scope's parts every request of the connection shares (protocols/cycle.py); a
         # proxy only when the peer is one we believe: then its forwarding headers are read.
@@ -497,6 +516,11 @@ class HttpProtocol(asyncio.Protocol):
             self._handle_upgrade(data[upgrade.args[0] :] if upgrade.args else b"")
         except httptools.HttpParserError as exc:
             callbacks.conn = None
+            if exc.args == _PRI and self._may_switch_to_http2():
+                # The HTTP/2 client preface (h2c by prior knowledge): llhttp stops on its
+                # request line, so HTTP/1.1 heads never pay for this check.
+                self._switch_to_http2(data, self._raw - len(data))
+                return
             status, reason = classify(exc)
             self._reject(status, reason)
         else:
@@ -670,6 +694,12 @@ class HttpProtocol(asyncio.Protocol):
             if self._upgrade == b"websocket" and state.websockets:
                 self._websocket_scope = scope  # the handshake is the WebSocket protocol's job
                 return
+            if (
+                self._upgrade == b"h2c"
+                and state.http2
+                and self._offer_h2c(scope, method, content_length, expect_100)
+            ):
+                return  # answered as stream 1 of HTTP/2, once the switch is made
             keep_alive = False  # any other upgrade is answered as HTTP, then we close
         http10 = http_version == "1.0"
         cycle = Http11Cycle(
@@ -785,6 +815,9 @@ class HttpProtocol(asyncio.Protocol):
                 elif self._websocket_trailing is not None and not self._closed:
                     self._flush()
                     self._switch_to_websocket()
+                elif self._h2c is not None and self._h2c_trailing is not None:
+                    self._flush()
+                    self._switch_to_h2c()
         finally:
             self.dispatching = False
             if self._batch_first is not None:
@@ -1110,6 +1143,73 @@ class HttpProtocol(asyncio.Protocol):
         self.pause_reading(_PAUSED_FOR_SHUTDOWN)
         if self._websocket_scope is not None:
             self._websocket_trailing = trailing
+        elif self._h2c is not None:
+            self._h2c_trailing = trailing
+
+    def _offer_h2c(
+        self, scope: dict[str, Any], method: str, content_length: int, expect_100: bool
+    ) -> bool:
+        """Whether a request with `Upgrade: h2c` switches to HTTP/2 (RFC 7540, 3.2): on
+        cleartext, with exactly one valid HTTP2-Settings header, and a body of a known length
+        (llhttp hands the body over as bytes after the upgrade, so HTTP/2 reads it)."""
+        if self.scheme != "http" or self._transfer_encoding is not None or expect_100:
+            return False
+        settings = [value for name, value in scope["headers"] if name == b"http2-settings"]
+        if len(settings) != 1:
+            return False
+        try:
+            payload = base64.urlsafe_b64decode(settings[0] + b"=" * (-len(settings[0]) % 4))
+        except ValueError:
+            return False
+        if len(payload) % 6 != 0:
+            return False
+        self._h2c = (scope, method == "HEAD", payload, self._te, max(content_length, 0))
+        self._te = None
+        return True
+
+    def _switch_to_h2c(self) -> None:
+        """Answer `101 Switching Protocols` and hand the transport to HTTP/2, with the
+        request that asked as its stream 1 (and the bytes read after its head)."""
+        self.transport.write(_SWITCHING_TO_H2C)
+        trailing = self._h2c_trailing or b""
+        self._h2c_trailing = None
+        self._switch_to_http2(trailing, 0, upgraded=self._h2c)
+        self._h2c = None
+        self.transport.resume_reading()
+
+    def _may_switch_to_http2(self) -> bool:
+        """Whether the client preface that stopped the parser may start HTTP/2 here: it must
+        be the connection's first request (nothing answered or waiting)."""
+        return (
+            self.state.http2
+            and self._active is None
+            and self._next is None
+            and self._parsing is None
+            and not self._rejected
+        )
+
+    def _switch_to_http2(
+        self,
+        data: bytes,
+        preface_read: int,
+        alpn: bool = False,
+        upgraded: Any = None,
+    ) -> None:
+        """Hand the transport to an HTTP/2 protocol: after ALPN chose "h2", on the client
+        preface (`data` holds what was read of it and after it, `preface_read` bytes of it came
+        in earlier reads), or after `101 Switching Protocols` for `Upgrade: h2c` (`upgraded`,
+        the request that asked, becomes stream 1)."""
+        from aserve.protocols.http2 import Http2Protocol
+
+        if not alpn:
+            self.state.connections.discard(self)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._closed = True  # this protocol no longer touches the transport
+        protocol = Http2Protocol(self.state, self._given_addresses)
+        self.transport.set_protocol(protocol)
+        protocol.start(self.transport, data, preface_read, upgraded)
 
     def _switch_to_websocket(self) -> None:
         """Hand the transport to a WebSocket protocol once every earlier response is out."""
