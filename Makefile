@@ -118,6 +118,12 @@ test-all-pythons:
 autobahn: $(VENV)/.installed-dev
 	$(VENV)/bin/python benchmarks/autobahn.py $(AUTOBAHN_ARGS)
 
+# HTTP/2 conformance: h2spec (generic, http2, hpack, strict) over h2c and over TLS, both passing
+# completely. Builds h2spec from ../shared/vendor/h2spec with Debian's Go packages on first use.
+.PHONY: h2spec
+h2spec: $(VENV)/.installed-dev
+	$(VENV)/bin/python tests/h2spec/run.py $(H2SPEC_ARGS)
+
 # Coverage-guided fuzzing of the request path (atheris, libFuzzer) for FUZZ_SECONDS; not part
 # of make test. Inputs that break a property are saved as crash-* in .fuzz/. The hot path runs
 # as Python source so that atheris sees its coverage (ASERVE_NO_EXTENSIONS=0: the compiled one).
