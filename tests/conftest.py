@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import socket
 import weakref
 from collections.abc import Iterator
@@ -19,6 +20,25 @@ def pytest_report_header() -> str:
     from aserve.protocols import http
 
     return f"aserve hot path: {'compiled (mypyc)' if http.COMPILED else 'Python source'}"
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    """Put every logger back as it was: a test that configures logging (`configure_logging`,
+    `dictConfig`) must not change what a later test's `caplog` sees (a level set on
+    `aserve.error` hides its DEBUG lines from the root logger's capture)."""
+    loggers = [logging.root, *logging.root.manager.loggerDict.values()]
+    saved = [
+        (logger, logger.level, list(logger.handlers), logger.propagate, logger.disabled)
+        for logger in loggers
+        if isinstance(logger, logging.Logger)
+    ]
+    yield
+    for logger, level, handlers, propagate, disabled in saved:
+        logger.setLevel(level)
+        logger.handlers[:] = handlers
+        logger.propagate = propagate
+        logger.disabled = disabled
 
 
 _leftovers: weakref.WeakKeyDictionary[socket.socket, bytes] = weakref.WeakKeyDictionary()
