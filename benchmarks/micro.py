@@ -15,7 +15,8 @@ instructions is repeatable, which makes small hot-path changes measurable on a n
 `aserve-h2` is the same hello over HTTP/2 (h2c, prior knowledge): ten streams per read, as
 `h2load -m 10` sends them, each a HEADERS frame of h2load's five fields (indexed from the
 HPACK table after the first), answered with HEADERS and DATA. The reads are built before the
-timed loop (under callgrind that costs about 700 instructions per request, counted).
+timed loop; under callgrind, building them is counted in the figure (a few hundred
+instructions per request). `--headers N` adds N request headers (h2load's `-H`).
 
 uvicorn needs one event-loop turn per request to run the Task it schedules; aserve answers
 inside `data_received` when the app does not wait. The uvicorn figure includes that turn.
