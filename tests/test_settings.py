@@ -230,7 +230,7 @@ def test_legacy_variable_counts_as_environment_but_aserve_wins(tmp_path):
 
 
 def aserve(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 30):
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("ASERVE_")}
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("ASERVE_", "UVICORN_"))}
     clean.pop("FORWARDED_ALLOW_IPS", None)
     for key in ("ASERVE_NO_EXTENSIONS", "ASERVE_REQUIRE_COMPILED"):
         if key in os.environ:
@@ -319,7 +319,18 @@ def test_print_config_shows_0_as_off_for_the_timeouts_it_turns_off(tmp_path):
 def test_print_config_validates(tmp_path):
     result = aserve("x:y", "--print-config", cwd=tmp_path, env={"ASERVE_ROOT_PATH": "api"})
     assert result.returncode == 1
-    assert result.stderr.strip() == "Error: root_path must start with '/', got 'api'"
+    # The error names where the bad value came from: nothing on the command line says.
+    assert (
+        result.stderr.strip()
+        == "Error: env ASERVE_ROOT_PATH: root_path must start with '/', got 'api'"
+    )
+    (tmp_path / "pyproject.toml").write_text("[tool.aserve]\nport = 99999\n")
+    result = aserve("x:y", "--print-config", cwd=tmp_path)
+    assert result.stderr.strip() == (
+        f"Error: file {tmp_path / 'pyproject.toml'}: port must be between 0 and 65535, got 99999"
+    )
+    result = aserve("x:y", "--print-config", "--port", "99999", cwd=tmp_path)
+    assert result.stderr.strip() == "Error: port must be between 0 and 65535, got 99999"
 
 
 @pytest.mark.parametrize(
@@ -485,3 +496,65 @@ def test_a_server_configured_by_an_env_file_alone(tmp_path):
     finally:
         proc.terminate()
         assert proc.wait(15) == 0
+
+
+# --- uvicorn's UVICORN_* variables among the others ---------------------------------------------
+
+
+def test_uvicorn_variables_sit_between_aserve_variables_and_pyproject(tmp_path):
+    """flag > ASERVE_* (environment, then env file) > UVICORN_* > legacy > pyproject > default."""
+    (tmp_path / "pyproject.toml").write_text(
+        '[tool.aserve]\napp = "main:app"\nbacklog = 10\ntimeout_keep_alive = 7\n'
+    )
+    (tmp_path / "app.env").write_text(
+        "ASERVE_HOST=0.0.0.0\n"
+        # Not options here, as not for uvicorn, whose command line is parsed before it loads
+        # the file: the app sees them in its environment, that is all.
+        "UVICORN_LIMIT_CONCURRENCY=5\nUVICORN_ROOT_PATH=/from-file\n"
+    )
+    env = {
+        "UVICORN_PORT": "1",
+        "ASERVE_PORT": "2",
+        "UVICORN_ROOT_PATH": "/uvicorn",
+        "ASERVE_ROOT_PATH": "/aserve",
+        "UVICORN_HOST": "127.0.0.2",  # the env file's ASERVE_HOST wins
+        "UVICORN_BACKLOG": "5",  # over pyproject
+        "UVICORN_WORKERS": "3",  # over WEB_CONCURRENCY, as in uvicorn
+        "WEB_CONCURRENCY": "4",
+        "UVICORN_FORWARDED_ALLOW_IPS": "10.0.0.1",
+        "FORWARDED_ALLOW_IPS": "*",
+        "UVICORN_METRICS_PORT": "9100",  # an aserve option: uvicorn has no such variable
+        "UVICORN_HTTP": "h11",
+    }
+    result = aserve("--print-config", "--env-file", "app.env", "--port", "3", cwd=tmp_path, env=env)
+    lines = printed(result)
+    assert lines["port"] == ("3", "flag --port")
+    assert lines["root_path"] == ('"/aserve"', "env ASERVE_ROOT_PATH")
+    assert lines["host"] == ('"0.0.0.0"', "env ASERVE_HOST (from app.env)")
+    assert lines["backlog"] == ("5", "env UVICORN_BACKLOG")
+    assert lines["workers"] == ("3", "env UVICORN_WORKERS")
+    assert lines["forwarded_allow_ips"] == ('"10.0.0.1"', "env UVICORN_FORWARDED_ALLOW_IPS")
+    assert lines["http"] == ('"h11"', "env UVICORN_HTTP")
+    assert lines["timeout_keep_alive"] == ("7.0", f"file {tmp_path / 'pyproject.toml'}")
+    assert lines["limit_concurrency"] == ("none", "default")
+    assert lines["metrics_port"] == ("none", "default")
+    # What the server would log for an ignored option, whichever way it was given.
+    assert "# --http h11: aserve parses HTTP/1.1 with httptools; option ignored" in result.stdout
+
+
+@pytest.mark.parametrize("aserve_too", [False, True])
+def test_uvicorn_env_file_variable_names_the_env_file(tmp_path, aserve_too):
+    """UVICORN_ENV_FILE is --env-file: its ASERVE_* lines are settings, unless ASERVE_ENV_FILE
+    names another file, which is then the one loaded and read."""
+    (tmp_path / "uvicorn.env").write_text("ASERVE_PORT=9001\n")
+    (tmp_path / "aserve.env").write_text("ASERVE_PORT=9002\n")
+    env = {"UVICORN_ENV_FILE": "uvicorn.env"}
+    if aserve_too:
+        env["ASERVE_ENV_FILE"] = "aserve.env"
+    lines = printed(aserve("x:y", "--print-config", cwd=tmp_path, env=env))
+    if aserve_too:
+        assert lines["env_file"] == ('"aserve.env"', "env ASERVE_ENV_FILE")
+        assert lines["port"] == ("9002", "env ASERVE_PORT (from aserve.env)")
+    else:
+        assert lines["env_file"] == ('"uvicorn.env"', "env UVICORN_ENV_FILE")
+        assert lines["port"] == ("9001", "env ASERVE_PORT (from uvicorn.env)")

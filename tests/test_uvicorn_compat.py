@@ -21,7 +21,9 @@ import signal
 import socket
 import ssl
 import subprocess
+import sys
 import time
+import types
 from pathlib import Path
 from typing import Any
 
@@ -30,16 +32,20 @@ import httpx
 import pytest
 import trustme
 import uvicorn
+from click.core import ParameterSource
 from websockets.sync.client import connect
 
 import aserve
-from aserve.cli import cli
-from aserve.config import Config
+from aserve import compat
+from aserve.cli import cli, main
+from aserve.config import Config, read_env_file
 from aserve.errors import ConfigError
 from aserve.logging import configure_logging
 from aserve.server import Server, loop_factory
 from conftest import serve
 from processes import ASERVE, AserveProcess
+from test_settings import aserve as aserve_command
+from test_settings import printed
 
 APPS = Path(__file__).parent / "apps"
 MIGRATING = Path(__file__).parent.parent / "docs" / "migrating.md"
@@ -153,7 +159,7 @@ def clean(tmp_path, monkeypatch):
     for name in ("WEB_CONCURRENCY", "FORWARDED_ALLOW_IPS"):
         monkeypatch.delenv(name, raising=False)
     for name in list(os.environ):
-        if name.startswith("ASERVE_") and name not in ("ASERVE_NO_EXTENSIONS",):
+        if name.startswith(("ASERVE_", "UVICORN_")) and name not in ("ASERVE_NO_EXTENSIONS",):
             monkeypatch.delenv(name)
     return tmp_path
 
@@ -230,6 +236,183 @@ def test_defaults_are_uvicorns_except_where_documented(clean, monkeypatch):
         if name != "app" and same(name, getattr(config, name)) != same(name, value)
     }
     assert differ == set(DIFFERENT_DEFAULTS)
+
+
+# --- uvicorn's environment: UVICORN_* variables ---------------------------------------------
+
+PREFIX = uvicorn.main.context_settings["auto_envvar_prefix"]
+BOOLEAN_TEXTS = ("true", "0", "Yes", "off")  # some of click's spellings
+
+
+def more_samples(tmp_path: Path) -> dict[str, str]:
+    """A second value for each repeatable option, to show a variable's list splits as uvicorn's."""
+    (tmp_path / "more").mkdir(exist_ok=True)
+    return {
+        "reload_dirs": str(tmp_path / "more"),
+        "reload_includes": "*.css",
+        "reload_excludes": "*.bak",
+        "headers": "X-Region:eu",
+    }
+
+
+def env_cases(param: click.Option) -> list[str]:
+    """Values of UVICORN_<NAME> for one uvicorn option: on/off in several spellings, or what
+    the flag's cases give (each choice or name, or the option's sample)."""
+    if param.is_flag or param.type is click.BOOL:
+        return list(BOOLEAN_TEXTS)
+    return [args[1] for args in cases(param)]
+
+
+ENV_CASES = [
+    pytest.param(param, text, id=f"{PREFIX}_{param.name.upper()}={text}")
+    for param in UVICORN_OPTIONS
+    if param.name != "version"
+    for text in env_cases(param)
+]
+
+
+def test_aserve_reads_the_uvicorn_variables_uvicorn_reads_and_no_other():
+    theirs = {param.name for param in UVICORN_OPTIONS if param.allow_from_autoenv}
+    assert all(param.envvar is None for param in UVICORN_OPTIONS)  # all by the prefix
+    ours = {
+        param.name
+        for param in cli.params
+        if isinstance(param, click.Option) and param.allow_from_autoenv
+    }
+    assert ours == theirs == compat.UVICORN_ENV_OPTIONS
+    assert cli.context_settings["auto_envvar_prefix"] == PREFIX == compat.UVICORN_ENV_PREFIX
+    # The app argument: UVICORN_APP.
+    their_app = [p.envvar for p in uvicorn.main.params if isinstance(p, click.Argument)]
+    assert their_app == [p.envvar for p in cli.params if isinstance(p, click.Argument)]
+
+
+@pytest.mark.parametrize(("param", "text"), ENV_CASES)
+def test_every_uvicorn_variable_is_read_as_uvicorn_reads_it_and_means_its_flag(
+    param, text, clean, monkeypatch
+):
+    items = [text]
+    if text == f"<{param.name}>":
+        items = [samples(clean)[param.name]]
+        if param.multiple:
+            items.append(more_samples(clean)[param.name])
+        text = (param.type.envvar_list_splitter or " ").join(items)  # as uvicorn's user writes it
+    variable = f"{PREFIX}_{param.name.upper()}"
+    monkeypatch.setenv(variable, text)
+    theirs = uvicorn.main.make_context("uvicorn", ["x:y"])
+    assert theirs.get_parameter_source(param.name) is ParameterSource.ENVIRONMENT
+    value = theirs.params[param.name]
+    config = aserve_config(monkeypatch, ["x:y"])
+    assert same(param.name, getattr(config, param.name)) == same(param.name, value)
+    # The same as the flag with that value, down to the line an ignored option logs.
+    monkeypatch.delenv(variable)
+    if param.is_flag:  # aserve's, which may have an --no-* where uvicorn's has none
+        ours = ASERVE_OPTIONS[param.opts[0]]
+        flag = ours.opts[:1] if value else ours.secondary_opts[:1]
+    else:
+        flag = [arg for item in items for arg in (param.opts[0], item)]
+    by_flag = aserve_config(monkeypatch, ["x:y", *flag])
+    assert getattr(config, param.name) == getattr(by_flag, param.name)
+    assert config.notices == by_flag.notices
+
+
+def test_an_empty_uvicorn_variable_is_unset_as_in_uvicorn(clean, monkeypatch):
+    default = aserve_config(monkeypatch, ["x:y"])
+    for param in UVICORN_OPTIONS:
+        monkeypatch.setenv(f"{PREFIX}_{param.name.upper()}", "")
+    theirs = uvicorn.main.make_context("uvicorn", ["x:y"])
+    assert {theirs.get_parameter_source(name) for name in theirs.params} == {
+        ParameterSource.COMMANDLINE,  # the app
+        ParameterSource.DEFAULT,
+    }
+    assert aserve_config(monkeypatch, ["x:y"]) == default
+
+
+def test_uvicorn_version_variable_shows_the_version_and_exits(clean):
+    """uvicorn reads even UVICORN_VERSION: set, it prints its version instead of serving."""
+    from click.testing import CliRunner
+
+    runner = CliRunner()
+    theirs = runner.invoke(uvicorn.main, ["x:y"], env={f"{PREFIX}_VERSION": "1"})
+    ours = runner.invoke(cli, ["x:y"], env={f"{PREFIX}_VERSION": "1"}, prog_name="aserve")
+    assert theirs.exit_code == ours.exit_code == 0
+    assert theirs.output.startswith("Running uvicorn ")
+    assert ours.output.startswith(f"aserve {aserve.__version__} (")
+
+
+@pytest.mark.parametrize(
+    ("variable", "text", "error"),
+    [
+        ("PORT", "eighty", "'eighty' is not a valid integer."),
+        ("ACCESS_LOG", "maybe", "'maybe' is not a valid boolean. Recognized values: , 0, 1,"),
+        ("LIFESPAN", "bogus", "'bogus' is not one of 'auto', 'on', 'off'."),
+        ("HEADERS", "X-A:1 nocolon", "header 'nocolon' must be given as NAME:VALUE"),
+        ("RELOAD_DIRS", "/no/such/dir", "Directory '/no/such/dir' does not exist."),
+    ],
+)
+def test_a_value_uvicorn_refuses_is_one_line_naming_the_variable(
+    variable, text, error, clean, monkeypatch, capsys
+):
+    monkeypatch.setenv(f"{PREFIX}_{variable}", text)
+    with pytest.raises(click.BadParameter) as theirs:
+        uvicorn.main.make_context("uvicorn", ["x:y"])
+    with pytest.raises(SystemExit) as exited:
+        main(["x:y", "--print-config"])
+    assert exited.value.code == 1
+    flag = theirs.value.param.opts[0]
+    err = capsys.readouterr().err
+    assert err.startswith(f"Error: Invalid value for UVICORN_{variable} ({flag}): {error}")
+    assert err.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    ("variable", "text", "error"),
+    [
+        (
+            "WORKERS",
+            "0",
+            "Invalid value for UVICORN_WORKERS (--workers): 0 is not in the range x>=1.",
+        ),
+        ("PORT", "99999", "env UVICORN_PORT: port must be between 0 and 65535, got 99999"),
+        ("ROOT_PATH", "api", "env UVICORN_ROOT_PATH: root_path must start with '/', got 'api'"),
+    ],
+)
+def test_a_value_aserve_refuses_is_one_line_naming_the_variable(
+    variable, text, error, clean, monkeypatch, capsys
+):
+    monkeypatch.setenv(f"{PREFIX}_{variable}", text)
+    with pytest.raises(SystemExit) as exited:
+        main(["x:y", "--print-config"])
+    assert exited.value.code == 1
+    assert capsys.readouterr().err == f"Error: {error}\n"
+
+
+def test_uvicorn_variables_in_an_env_file_are_not_options_as_in_uvicorn(clean, monkeypatch):
+    """uvicorn loads its --env-file in Config, after click has parsed the command line: a
+    UVICORN_* line there reaches the app's environment but sets no option (WEB_CONCURRENCY
+    does: Config reads it). Shown with uvicorn's own code (dotenv's file reading aside); aserve
+    does the same."""
+    env_file = clean / "app.env"
+    env_file.write_text("UVICORN_PORT=9999\nUVICORN_ROOT_PATH=/file\nWEB_CONCURRENCY=3\n")
+    for key in read_env_file(env_file):  # absent again after the test, whoever loads them
+        monkeypatch.setenv(key, "")
+        monkeypatch.delenv(key)
+
+    def load_dotenv(dotenv_path: str) -> None:
+        for key, value in read_env_file(dotenv_path).items():
+            os.environ.setdefault(key, value)
+
+    lines = printed(aserve_command("x:y", "--print-config", "--env-file", "app.env", cwd=clean))
+    dotenv = types.ModuleType("dotenv")
+    dotenv.load_dotenv = load_dotenv  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "dotenv", dotenv)
+    params = uvicorn.main.make_context("uvicorn", ["x:y", "--env-file", str(env_file)]).params
+    params.pop("app_dir")  # uvicorn.main puts it on sys.path itself
+    theirs = uvicorn.Config(**params)
+    assert os.environ["UVICORN_PORT"] == "9999"  # loaded...
+    assert (theirs.port, theirs.root_path, theirs.workers) == (8000, "", 3)  # ...not an option
+    assert lines["port"] == (str(theirs.port), "default")
+    assert lines["root_path"] == ('""', "default")
+    assert lines["workers"] == (str(theirs.workers), "env WEB_CONCURRENCY (from app.env)")
 
 
 # --- the Python API: uvicorn.run() and uvicorn.Config() keywords -----------------------------
@@ -478,6 +661,46 @@ def test_a_uvicorn_dockerfile_line_runs_unchanged():
         "WARNING:  --http httptools: aserve parses HTTP/1.1 with httptools; option ignored\n",
         "WARNING:  --ws wsproto: aserve runs WebSockets on websockets' sans-I/O layer "
         "(--ws auto); option ignored\n",
+    ]
+
+
+def test_a_uvicorn_environment_runs_unchanged():
+    """A deployment configured through uvicorn's environment (a Dockerfile's
+    `ENV UVICORN_PORT=80`...) with `aserve` for `uvicorn`: served where and as those variables
+    say, the ignored option's line logged as for the flag."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = AserveProcess(
+        env={
+            "UVICORN_APP": "listeners:app",
+            "UVICORN_APP_DIR": str(APPS),
+            "UVICORN_HOST": "0.0.0.0",
+            "UVICORN_PORT": str(port),
+            "UVICORN_ROOT_PATH": "/api",
+            "UVICORN_HEADERS": "X-Served-By:node-1 X-Region:eu",
+            "UVICORN_ACCESS_LOG": "false",
+            # Trust proxy headers from 10.9.9.9 only: UVICORN_* wins over the legacy variable.
+            "UVICORN_FORWARDED_ALLOW_IPS": "10.9.9.9",
+            "FORWARDED_ALLOW_IPS": "*",
+            "UVICORN_HTTP": "h11",
+        }
+    )
+    try:
+        server.wait_until(lambda: f"running on http://0.0.0.0:{port}" in server.output, "start")
+        response = httpx.get(
+            f"http://127.0.0.1:{port}/items", headers={"X-Forwarded-For": "203.0.113.7"}
+        )
+        assert response.json()["path"] == "/api/items"
+        assert response.json()["client"][0] == "127.0.0.1"  # the header was not trusted
+        assert response.headers["x-served-by"] == "node-1"
+        assert response.headers["x-region"] == "eu"
+    finally:
+        assert server.stop() == 0
+    assert "GET /items" not in server.output  # no access log
+    warnings = [line for line in server.lines if line.startswith("WARNING:")]
+    assert warnings == [
+        "WARNING:  --http h11: aserve parses HTTP/1.1 with httptools; option ignored\n"
     ]
 
 

@@ -12,6 +12,7 @@ import click
 from click.core import ParameterSource
 
 from aserve import __version__
+from aserve.compat import UVICORN_ENV_OPTIONS, UVICORN_ENV_PREFIX
 from aserve.config import (
     DEFAULT_HTTP2_INITIAL_WINDOW_SIZE,
     DEFAULT_HTTP2_MAX_CONCURRENT_STREAMS,
@@ -46,8 +47,23 @@ def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> 
         ctx.exit()
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.argument("app", required=False)
+def _parse_headers(
+    _ctx: click.Context, _param: click.Parameter, value: tuple[str, ...]
+) -> list[tuple[str, str]]:
+    try:
+        return [parse_header_option(header) for header in value]
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+# auto_envvar_prefix: uvicorn's options also read from UVICORN_* variables (see below the command).
+@click.command(
+    context_settings={
+        "help_option_names": ["-h", "--help"],
+        "auto_envvar_prefix": UVICORN_ENV_PREFIX,
+    }
+)
+@click.argument("app", required=False, envvar=f"{UVICORN_ENV_PREFIX}_APP")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Bind socket to this host.")
 @click.option(
     "--port",
@@ -331,7 +347,11 @@ def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> 
     help="Seconds to wait for in-flight requests on shutdown.",
 )
 @click.option(
-    "--header", "headers", multiple=True, help="Extra response header, NAME:VALUE (repeatable)."
+    "--header",
+    "headers",
+    multiple=True,
+    callback=_parse_headers,
+    help="Extra response header, NAME:VALUE (repeatable).",
 )
 @click.option(
     "--server-header/--no-server-header",
@@ -552,25 +572,25 @@ def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> 
     help="Show the version and exit.",
 )
 def cli(
-    app: str | None, headers: tuple[str, ...], app_dir: str, print_config: bool, **options: Any
+    app: str | None,
+    headers: list[tuple[str, str]],
+    app_dir: str,
+    print_config: bool,
+    **options: Any,
 ) -> None:
     """Serve APP, given as "module:attribute" (for example "main:app").
 
     Every option can also come from an ASERVE_* environment variable (ASERVE_PORT=8080) or from
-    [tool.aserve] in ./pyproject.toml (port = 8080); flags win over the environment, which wins
-    over the file.
+    [tool.aserve] in ./pyproject.toml (port = 8080), and uvicorn's from their UVICORN_*
+    variables too (UVICORN_PORT=8080): flags win, then ASERVE_*, then UVICORN_*, then the file.
     """
     from aserve.entry import serve
     from aserve.lifespan import LifespanFailure
     from aserve.supervisor import WorkerStartupFailure
 
+    sources: dict[str, str] = {}
     try:
-        options, sources = _settings(
-            app=app,
-            headers=[parse_header_option(header) for header in headers],
-            app_dir=app_dir or ".",
-            **options,
-        )
+        options, sources = _settings(app=app, headers=headers, app_dir=app_dir or ".", **options)
         _check_bind(options, sources)
         for name in ("ws_ping_interval", "ws_ping_timeout", "timeout_worker_startup"):
             if options[name] == 0:  # 0 turns it off, on the command line and everywhere else
@@ -584,18 +604,27 @@ def cli(
             options[name] = list(options[name] or ()) or None
         serve(**options)
     except ConfigError as exc:
-        _fail(str(exc), EXIT_CONFIG_ERROR)
+        _fail(_credited(str(exc), sources), EXIT_CONFIG_ERROR)
     except LifespanFailure as exc:
         _fail(f"application startup failed: {exc}", EXIT_STARTUP_FAILURE)
     except WorkerStartupFailure as exc:
         _fail(str(exc), EXIT_STARTUP_FAILURE)
 
 
+# uvicorn reads each of its options from UVICORN_<NAME>: so does aserve, for those options only
+# (an option of aserve's own is read from ASERVE_<NAME>, by settings.py). Click parses the value
+# as uvicorn's click does: booleans, choices, and repeatable options split on whitespace (on ":"
+# for paths).
+for _param in cli.params:
+    _param.allow_from_autoenv = _param.name in UVICORN_ENV_OPTIONS
+
+
 def _settings(**options: Any) -> tuple[dict[str, Any], dict[str, str]]:
     """The options with ASERVE_* variables and [tool.aserve] applied where no flag was given.
 
-    Returns the options and, for each, where it came from. A click parameter that read an
-    environment variable of its own (`envvar=`) counts as the environment.
+    Returns the options and, for each, where it came from. A value click read from an
+    environment variable (uvicorn's UVICORN_*, a legacy one) counts as the environment, under
+    ASERVE_* variables and over the file.
     """
     from aserve import settings
 
@@ -607,8 +636,14 @@ def _settings(**options: Any) -> tuple[dict[str, Any], dict[str, str]]:
         if source is ParameterSource.COMMANDLINE:
             sources[name] = "argument" if name == "app" else f"flag {_flag_name(params[name])}"
         elif source is ParameterSource.ENVIRONMENT:
-            sources[name] = f"env {params[name].envvar}"
-    env_file = options.get("env_file") if "env_file" in sources else None  # the flag's
+            sources[name] = f"env {_variable(ctx, params[name])}"
+    # The env file whose ASERVE_* lines are settings: the flag's, or UVICORN_ENV_FILE's unless
+    # ASERVE_ENV_FILE names one (settings.load then reads that, else pyproject's env_file).
+    env_file = None
+    if "env_file" in sources and not (
+        sources["env_file"].startswith("env ") and settings.env_name("env_file") in os.environ
+    ):
+        env_file = options["env_file"]
     for name, setting in settings.load(os.environ, os.getcwd(), env_file).items():
         own_variable = sources.get(name, "").startswith("env ")
         if name in sources and not (
@@ -635,6 +670,20 @@ def _check_bind(options: dict[str, Any], sources: dict[str, str]) -> None:
 
 def _flag_name(param: click.Parameter) -> str:
     return next((opt for opt in param.opts if opt.startswith("--")), param.name or "")
+
+
+def _variable(ctx: click.Context, param: click.Parameter) -> str:
+    """The environment variable click reads `param` from: its own, else UVICORN_<NAME>."""
+    if isinstance(param.envvar, str):
+        return param.envvar
+    return f"{ctx.auto_envvar_prefix}_{(param.name or '').upper()}"
+
+
+def _credited(message: str, sources: dict[str, str]) -> str:
+    """A setting's error (`port must be ...`) prefixed with where the setting came from when it
+    was not the command line (`env UVICORN_PORT: port must be ...`): the variable or file to fix."""
+    source = sources.get(message.split(" ", 1)[0], "")
+    return f"{source}: {message}" if source.startswith(("env ", "file ")) else message
 
 
 def _print_config(options: dict[str, Any], sources: dict[str, str]) -> None:
@@ -669,9 +718,15 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point: a usage error is one line naming the problem and exit code 1."""
     try:
         code = cli.main(args=argv, prog_name="aserve", standalone_mode=False)
+    except click.BadParameter as exc:
+        param, ctx = exc.param, exc.ctx
+        source = param and param.name and ctx and ctx.get_parameter_source(param.name)
+        if source is ParameterSource.ENVIRONMENT:
+            # Nowhere on the command line: name the variable, and the flag it stands for.
+            exc.param_hint = f"{_variable(ctx, param)} ({_flag_name(param)})"
+        _fail(exc.format_message(), EXIT_CONFIG_ERROR)
     except click.UsageError as exc:
-        hint = " (see 'aserve --help')" if not isinstance(exc, click.BadParameter) else ""
-        _fail(exc.format_message() + hint, EXIT_CONFIG_ERROR)
+        _fail(exc.format_message() + " (see 'aserve --help')", EXIT_CONFIG_ERROR)
     except click.Abort:
         _fail("aborted", EXIT_CONFIG_ERROR)
     else:

@@ -1,9 +1,11 @@
-"""uvicorn's settings that mean nothing in aserve: the one line each logs, saying what runs instead.
+"""uvicorn's interface where it is not aserve's own: its UVICORN_* variables, and its settings
+that mean nothing here with the one line each logs, saying what runs instead.
 
-Every uvicorn option is accepted (docs/migrating.md), so a uvicorn command line or `uvicorn.run`
-call runs unchanged. Those that choose between implementations aserve does not have (h11,
-wsproto, zuvloop...) change nothing, and the server says so once at start-up, as a warning, by
-the process that speaks for the service (the supervisor or the reloader, not every worker).
+Every uvicorn option is accepted (docs/migrating.md), so a uvicorn command line, environment or
+`uvicorn.run` call runs unchanged. Those that choose between implementations aserve does not
+have (h11, wsproto, zuvloop...) change nothing, and the server says so once at start-up, as a
+warning, by the process that speaks for the service (the supervisor or the reloader, not every
+worker).
 """
 
 from __future__ import annotations
@@ -19,6 +21,26 @@ WS_CHOICES = ("auto", "websockets", "websockets-sansio", "wsproto", "none")
 LOOP_CHOICES = ("auto", "asyncio", "uvloop", "zuvloop", "none")
 
 IGNORED = "option ignored"
+
+# uvicorn's command line reads each of its options from UVICORN_<NAME> (click's
+# auto_envvar_prefix), and the app from UVICORN_APP: the options of uvicorn 0.55, by their
+# setting names. aserve reads these variables, and no UVICORN_* variable of an option of its
+# own (tests/test_uvicorn_compat.py derives the list from uvicorn's).
+UVICORN_ENV_PREFIX = "UVICORN"
+UVICORN_ENV_OPTIONS = frozenset(
+    {
+        "access_log", "app_dir", "backlog", "date_header", "env_file", "factory", "fd",
+        "forwarded_allow_ips", "h11_max_incomplete_event_size", "headers", "host", "http",
+        "http2", "interface", "lifespan", "limit_concurrency", "limit_max_requests",
+        "limit_max_requests_jitter", "log_config", "log_level", "loop", "port", "proxy_headers",
+        "reload", "reload_delay", "reload_dirs", "reload_excludes", "reload_includes",
+        "reset_contextvars", "root_path", "server_header", "ssl_ca_certs", "ssl_cert_reqs",
+        "ssl_certfile", "ssl_ciphers", "ssl_keyfile", "ssl_keyfile_password", "ssl_version",
+        "timeout_graceful_shutdown", "timeout_keep_alive", "timeout_worker_healthcheck", "uds",
+        "use_colors", "version", "workers", "ws", "ws_max_queue", "ws_max_size",
+        "ws_per_message_deflate", "ws_ping_interval", "ws_ping_timeout",
+    }
+)  # fmt: skip
 
 
 def notices(config: Config) -> list[str]:

@@ -3,7 +3,8 @@
 Both are derived from `Config`'s fields and their type hints, so a field added to `Config` can
 be set both ways with no change here. This module only reads and converts; `Config` validates.
 Precedence (applied by the CLI): flags > environment > pyproject.toml > defaults, where the
-environment includes the variables of an --env-file that the process environment lacks.
+environment includes the variables of an --env-file that the process environment lacks, and
+uvicorn's UVICORN_* variables (read by click, in cli.py) under ASERVE_* ones, over legacy ones.
 """
 
 from __future__ import annotations
