@@ -113,7 +113,10 @@ async def run(cycle: MemoryCycle) -> None:
     """Run the app of `cycle` until it is done."""
     task = cycle.run_app()
     if task is not None:
-        await asyncio.wait_for(asyncio.shield(task), 5)
+        # Waited for, not awaited: a failing app's exception is the cycle's to read (its
+        # done callback does), as it is with eager tasks, where run_app returns None.
+        done, _ = await asyncio.wait({task}, timeout=5)
+        assert done, "the app did not finish within 5 s"
         await asyncio.sleep(0)  # its done callback
 
 
