@@ -355,19 +355,24 @@ class _Exchange:
         """Send what the iterable yields; the last piece is told apart where it can be (a
         list, or a declared Content-Length reached) so that it ends the response at once."""
         last = _last_piece(result)
+        # Nothing but the end of the call follows the last piece of a response without
+        # close(): the loop is woken by the end itself, not twice (see `_send_body`).
+        quiet = getattr(result, "close", None) is None
         for index, chunk in enumerate(result):
             if type(chunk) is not bytes:
                 chunk = _as_bytes(chunk)
             if chunk:
                 if self.finished:
                     raise RuntimeError("the response is longer than its Content-Length")
-                self._send_body(chunk, index == last)
+                self._send_body(chunk, index == last, quiet)
                 if self.finished:
                     return  # PEP 3333: stop iterating once Content-Length bytes are out
         if not self.finished:
-            self._send_body(b"", True)
+            self._send_body(b"", True, quiet)
 
-    def _send_body(self, data: bytes, last: bool) -> None:
+    def _send_body(self, data: bytes, last: bool, quiet: bool = False) -> None:
+        """Hand a piece of body to the loop. `quiet`: if it is the last, the loop is not woken
+        for it: the end of the call, which follows at once, wakes it for both."""
         start = self.start
         if start is None:
             raise RuntimeError("the WSGI app returned a body without calling start_response")
@@ -382,8 +387,9 @@ class _Exchange:
             self.headers_sent = True
         self.finished = last
         self.posted += size
-        self._post((_SEND, start, data, not last))
-        if self.posted - self.acked > WINDOW:
+        self._post((_SEND, start, data, not last), wake=not (last and quiet))
+        # (Not after the last piece: it is the loop's now, and close() should not wait.)
+        if not last and self.posted - self.acked > WINDOW:
             with self.cond:
                 self.waiting = True
                 while self.posted - self.acked > WINDOW and self.failure is None:
@@ -404,11 +410,11 @@ class _Exchange:
             raise AssertionError("unreachable")
         return inbox
 
-    def _post(self, op: tuple[Any, ...], check: bool = True) -> None:
+    def _post(self, op: tuple[Any, ...], check: bool = True, wake: bool = True) -> None:
         if check:
             self._check()
         self.ops.append(op)
-        if not self.scheduled:
+        if wake and not self.scheduled:
             self.scheduled = True
             try:
                 self.loop.call_soon_threadsafe(self._wake)
