@@ -900,3 +900,36 @@ def test_cli_serves_a_wsgi_app_from_two_workers():
         wait_for(both_answered, "both workers to answer")
     finally:
         assert server.stop() == 0, server.output
+
+
+@pytest.mark.once
+def test_a_stuck_wsgi_call_does_not_hold_the_process_past_the_graceful_timeout(tmp_path):
+    """A thread cannot be stopped; the pool's threads are daemons, so after
+    --timeout-graceful-shutdown the process exits anyway."""
+    from processes import AserveProcess
+
+    mark = tmp_path / "stuck"
+    server = AserveProcess(
+        "wsgi_apps:app",
+        "--app-dir",
+        APPS,
+        "--port",
+        "0",
+        "--timeout-graceful-shutdown",
+        "1",
+        env={"ASERVE_TEST_STUCK_MARK": str(mark)},
+    )
+    try:
+        port = server.wait_for_port()
+        sock = socket.create_connection(("127.0.0.1", port), timeout=DEADLINE)
+        sock.sendall(b"GET /stuck HTTP/1.1\r\nHost: x\r\n\r\n")
+        server.wait_until(mark.exists, "the app to be in the stuck call")
+        started = time.monotonic()
+        code = server.stop(timeout=DEADLINE)
+        elapsed = time.monotonic() - started
+        sock.close()
+    finally:
+        server.stop()
+    assert code == 0, server.output
+    assert elapsed < 5, elapsed
+    assert "Graceful shutdown timed out after 1.0s: cancelling 1 request(s)" in server.output

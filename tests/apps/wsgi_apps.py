@@ -2,10 +2,15 @@
 
 import os
 import threading
+import time
 
 
 def app(environ, start_response):
-    """Answers with the worker's pid and the thread that ran the call."""
+    """Answers with the worker's pid and the thread that ran the call; /stuck never answers."""
+    if environ["PATH_INFO"] == "/stuck":
+        with open(os.environ["ASERVE_TEST_STUCK_MARK"], "w") as mark:
+            mark.write("in the call")
+        time.sleep(600)
     body = f"{os.getpid()} {threading.current_thread().name} {environ['PATH_INFO']}".encode()
     start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
     return [body]
