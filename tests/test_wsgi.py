@@ -1,6 +1,7 @@
 """WSGI apps (PEP 3333) through real servers: environ, streamed bodies both ways, start_response,
 close(), the thread pool, and the server's limits, deadlines, logs and metrics applied to them."""
 
+import asyncio
 import functools
 import json
 import logging
@@ -933,3 +934,51 @@ def test_a_stuck_wsgi_call_does_not_hold_the_process_past_the_graceful_timeout(t
     assert code == 0, server.output
     assert elapsed < 5, elapsed
     assert "Graceful shutdown timed out after 1.0s: cancelling 1 request(s)" in server.output
+
+
+def test_wsgi_over_http2():
+    """The adapter speaks only ASGI, so HTTP/2 serves WSGI apps as they are: a body without a
+    Content-Length (HTTP/2 needs none) is read to its end, responses stream, streams of one
+    connection run in the pool side by side."""
+
+    together = threading.Barrier(3, timeout=DEADLINE)
+
+    def app(environ, start_response):
+        if environ["PATH_INFO"] == "/stream":
+            start_response("200 OK", [("Content-Type", "text/plain")])
+            return (b"part %d\n" % i for i in range(3))
+        if environ["PATH_INFO"] == "/together":
+            together.wait()  # three calls at once, or BrokenBarrierError (a 500)
+        body = environ["wsgi.input"].read()
+        answer = json.dumps(
+            {
+                "protocol": environ["SERVER_PROTOCOL"],
+                "length": environ.get("CONTENT_LENGTH"),
+                "size": len(body),
+                "thread": threading.current_thread().name,
+            }
+        ).encode()
+        start_response("200 OK", [("Content-Type", "application/json")])
+        return [answer]
+
+    with (
+        serve(app, interface="wsgi") as server,
+        httpx.Client(base_url=server.url, http1=False, http2=True) as client,
+    ):
+        plain = client.get("/")
+        streamed_body = client.post("/", content=iter([b"a" * 70_000, b"b" * 70_000]))
+        streamed = client.get("/stream")
+
+    async def three_at_once():
+        async with httpx.AsyncClient(base_url=server.url, http1=False, http2=True) as client:
+            return await asyncio.gather(*(client.get("/together") for _ in range(3)))
+
+    with serve(app, interface="wsgi") as server:
+        concurrent = asyncio.run(three_at_once())
+    assert [r.status_code for r in concurrent] == [200] * 3
+    assert {r.http_version for r in concurrent} == {"HTTP/2"}
+    assert len({r.json()["thread"] for r in concurrent}) == 3
+    assert plain.http_version == "HTTP/2"
+    assert plain.json()["protocol"] == "HTTP/2" and plain.json()["size"] == 0
+    assert streamed_body.json()["length"] is None and streamed_body.json()["size"] == 140_000
+    assert streamed.text == "part 0\npart 1\npart 2\n"
