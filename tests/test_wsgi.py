@@ -539,6 +539,43 @@ def test_close_is_called_when_the_client_leaves_while_the_app_works():
     assert after[0] == 1, after[0]  # the first write after the client left raised
 
 
+def test_close_is_called_when_the_iteration_raises(caplog):
+    """PEP 3333: close() whatever ends the request, the app's own error included: before the
+    headers (a 500, the server still serves) and after them (the response is cut)."""
+    closed: list[str] = []
+
+    class Failing:
+        def __init__(self, path):
+            self.path = path
+
+        def __iter__(self):
+            if self.path == "/late":
+                yield b"first part"
+            raise ValueError(f"failed at {self.path}")
+
+        def close(self):
+            closed.append(self.path)
+
+    def app(environ, start_response):
+        start_response("200 OK", [])
+        return Failing(environ["PATH_INFO"])
+
+    caplog.set_level(logging.ERROR, logger="aserve.error")
+    with serve(app, interface="wsgi") as server:
+        with server.client() as client:
+            early = client.get("/early")
+            assert client.get("/early").status_code == 500  # the same connection still serves
+        late = server.request(b"GET /late HTTP/1.1\r\nHost: x\r\n\r\n", DEADLINE)
+        wait_for(lambda: len(closed) == 3, "close() of every response")
+    assert early.status_code == 500 and early.text == "Internal Server Error"
+    head, body = head_and_body(late)
+    assert head.startswith(b"HTTP/1.1 200 OK") and b"first part" in body
+    assert not body.endswith(b"0\r\n\r\n")  # cut: no last chunk, never a complete response
+    assert closed == ["/early", "/early", "/late"]
+    assert "ValueError: failed at /early" in caplog.text
+    assert "ValueError: failed at /late" in caplog.text
+
+
 def test_wsgi_errors_go_to_the_error_log(caplog):
     def logs(environ, start_response):
         errors = environ["wsgi.errors"]
