@@ -227,6 +227,44 @@ def test_wsgi_input_file_methods():
         assert client.get("/").text == "0"  # no body: end of file at once
 
 
+def test_expect_100_continue_is_answered_when_the_app_first_reads():
+    """The client waits for 100 Continue before it sends the body: it comes when the app
+    reads wsgi.input, not before; an app that never reads answers without it."""
+    seen = Recorder()
+
+    def app(environ, start_response):
+        if environ["PATH_INFO"] == "/read":
+            seen.event("called").set()
+            seen.wait("go")
+            body = environ["wsgi.input"].read()
+        else:
+            body = b"not read"
+        start_response("200 OK", [])
+        return [body]
+
+    head = b"HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 5\r\n"
+    with serve(app, interface="wsgi") as server:
+        with server.connect() as sock:
+            sock.sendall(b"POST /read " + head + b"\r\n")
+            seen.wait("called")
+            sock.settimeout(0.3)
+            with pytest.raises(TimeoutError):
+                sock.recv(1)  # the app has not read yet: no 100 Continue
+            seen.event("go").set()
+            sock.settimeout(DEADLINE)
+            interim = b""
+            while b"\r\n\r\n" not in interim:
+                interim += sock.recv(65536)
+            assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+            sock.sendall(b"hello")
+            read = read_response(sock, DEADLINE)
+        with server.connect() as sock:
+            sock.sendall(b"POST /ignore " + head + b"Connection: close\r\n\r\n")
+            ignored = read_until_close(sock, DEADLINE)
+    assert read.startswith(b"HTTP/1.1 200 OK\r\n") and read.endswith(b"\r\n\r\nhello")
+    assert ignored.startswith(b"HTTP/1.1 200 OK\r\n") and ignored.endswith(b"not read")
+
+
 def test_an_app_that_does_not_read_holds_the_client_back():
     """Flow control still works: the server stops reading a body nobody reads, instead of
     buffering it. The client can only get so far (kernel buffers) of a 64 MiB body."""
@@ -539,6 +577,46 @@ def test_close_is_called_when_the_client_leaves_while_the_app_works():
     assert after[0] == 1, after[0]  # the first write after the client left raised
 
 
+def test_close_is_called_when_an_http2_stream_is_reset():
+    """Over HTTP/2 a client leaves one response with RST_STREAM, the connection staying
+    open: the iteration stops, close() is called, and the connection serves on."""
+    import h2.errors
+
+    from test_http2 import connect
+
+    seen = Recorder()
+    produced = [0]
+
+    class Endless:
+        def __iter__(self):
+            for _ in range(1000):
+                produced[0] += 1
+                yield b"x" * 1024
+                time.sleep(0.01)
+
+        def close(self):
+            seen.event("closed").set()
+
+    def app(environ, start_response):
+        start_response("200 OK", [])
+        return Endless() if environ["PATH_INFO"] == "/endless" else [b"still serving"]
+
+    with serve(app, interface="wsgi") as server:
+        client = connect(server)
+        try:
+            stream = client.request("/endless")
+            client.wait(lambda: client.responses[stream].body)
+            client.conn.reset_stream(stream, h2.errors.ErrorCodes.CANCEL)
+            client.flush()
+            seen.wait("closed")
+            stopped_at = produced[0]
+            after = client.get("/other")
+        finally:
+            client.close()
+    assert stopped_at < 1000 and produced[0] == stopped_at  # stopped, and stays stopped
+    assert after.status == 200 and after.body == b"still serving"
+
+
 def test_close_is_called_when_the_iteration_raises(caplog):
     """PEP 3333: close() whatever ends the request, the app's own error included: before the
     headers (a 500, the server still serves) and after them (the response is cut)."""
@@ -622,8 +700,8 @@ def test_the_pool_is_bounded_and_requests_wait_their_turn():
         start_response("200 OK", [])
         return [b"done"]
 
-    adapter = WSGIAdapter(slow, threads=3)
-    with serve(adapter) as server:
+    # --wsgi-threads 3, as the command line sets it (Config), not an adapter made by hand.
+    with serve(slow, interface="wsgi", wsgi_threads=3) as server:
         results = []
 
         def one():
@@ -637,7 +715,28 @@ def test_the_pool_is_bounded_and_requests_wait_their_turn():
             client.join(DEADLINE)
     assert results == ["done"] * 9
     assert running[1] == 3  # never more than the pool's size, and the pool is used
-    assert len(threads) == 3 and adapter.pool.threads == 3
+    assert len(threads) == 3
+
+
+def test_an_idle_thread_ends_and_the_next_request_starts_one(monkeypatch):
+    """A burst's threads (and what they hold) do not stay for good: a thread idle for
+    IDLE_TIMEOUT ends, and the next request is served by a new one."""
+    monkeypatch.setattr("aserve.wsgi.IDLE_TIMEOUT", 0.2)
+    names: list[str] = []
+
+    def app(environ, start_response):
+        names.append(threading.current_thread().name)
+        start_response("200 OK", [])
+        return [b"ok"]
+
+    adapter = WSGIAdapter(app, threads=2)
+    with serve(adapter) as server, server.client() as client:
+        assert client.get("/").text == "ok"
+        assert adapter.pool.threads == 1
+        wait_for(lambda: adapter.pool.threads == 0, "the idle thread to end")
+        assert client.get("/").text == "ok"
+        assert adapter.pool.threads == 1
+    assert len(names) == 2 and names[0] != names[1], names
 
 
 def test_context_of_the_server_reaches_the_app_thread():
@@ -690,8 +789,17 @@ def test_body_limit_applies_to_a_wsgi_app():
 
 
 def test_body_idle_deadline_applies_to_a_wsgi_app():
+    """A body that stops arriving: 408, and the read the app's thread waits in raises
+    instead of holding the thread for good."""
+    seen = Recorder()
+
     def reads_all(environ, start_response):
-        data = environ["wsgi.input"].read()
+        try:
+            data = environ["wsgi.input"].read()
+        except OSError as exc:
+            seen.values["error"] = type(exc).__name__
+            seen.event("error").set()
+            raise
         start_response("200 OK", [])
         return [data]
 
@@ -702,8 +810,10 @@ def test_body_idle_deadline_applies_to_a_wsgi_app():
         start = time.monotonic()
         sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc")
         response = read_until_close(sock, DEADLINE)
+        seen.wait("error")
     assert response.startswith(b"HTTP/1.1 408 "), response
     assert time.monotonic() - start < 5
+    assert seen.values["error"] == "ClientDisconnected"
 
 
 def test_request_timeout_answers_503_and_the_app_finds_out(caplog):
@@ -757,6 +867,36 @@ def test_a_request_cancelled_while_waiting_for_a_thread_never_reaches_the_app():
             assert client.get("/after").text == "done"
     assert second.startswith(b"HTTP/1.1 503 ")
     assert seen.values == {"queued ran": True}  # by /after only: /queued was never called
+
+
+def test_limit_concurrency_counts_wsgi_requests_waiting_for_a_thread():
+    """--limit-concurrency counts a WSGI request from its start, running or queued for a
+    thread: one thread, a limit of 2, a third request at once gets 503. (Three streams of one
+    HTTP/2 connection: the number of connections is not what refuses it.)"""
+    from test_http2 import connect
+
+    seen = Recorder()
+
+    def app(environ, start_response):
+        seen.event("running").set()
+        seen.wait("go")
+        start_response("200 OK", [])
+        return [b"served"]
+
+    with serve(app, interface="wsgi", wsgi_threads=1, limit_concurrency=2) as server:
+        client = connect(server)
+        try:
+            first, second = client.request("/1"), client.request("/2")
+            seen.wait("running")  # /1 holds the one thread, /2 waits for it
+            refused = client.response(client.request("/3"))
+            seen.event("go").set()
+            answers = [client.response(first, DEADLINE), client.response(second, DEADLINE)]
+            after = client.get("/4")
+        finally:
+            client.close()
+    assert refused.status == 503
+    assert [(a.status, a.body) for a in answers] == [(200, b"served")] * 2
+    assert after.status == 200  # the limit counts requests, not what was once refused
 
 
 def test_access_log_and_metrics_count_wsgi_requests(caplog):
