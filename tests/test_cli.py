@@ -120,6 +120,31 @@ def test_a_connection_accepted_as_shutdown_begins_does_not_hold_it(tmp_path):
     assert took < 10, f"shutdown took {took:.1f} s:\n{server.output}"
 
 
+@pytest.mark.once
+def test_sigterm_during_a_lifespan_startup_that_hangs_stops_the_server(tmp_path):
+    cancelled = tmp_path / "cancelled"
+    server = AserveProcess(
+        "stuck:hanging_startup",
+        "--app-dir",
+        str(APPS),
+        "--port",
+        "0",
+        env={"ASERVE_TEST_CANCELLED": str(cancelled)},
+    )
+    try:
+        server.wait_until(
+            lambda: "Waiting for application startup." in server.output, "the startup to begin"
+        )
+        time.sleep(0.3)  # into the startup's sleep
+        code = server.stop(signal.SIGTERM, timeout=15)
+    finally:
+        server.proc.kill()
+    assert code == 0, server.output
+    assert cancelled.read_text().startswith("cancelled")  # the app's cleanup ran
+    assert "Stopped before application startup was complete" in server.output
+    assert "Traceback" not in server.output
+
+
 def test_sigint_stops_the_server():
     server = AserveProcess("lifespan_apps:hello", "--app-dir", str(APPS), "--port", "0")
     try:

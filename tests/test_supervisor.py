@@ -27,6 +27,7 @@ from aserve.config import Config, ConfigError
 from aserve.supervisor import (
     REPLACE_RETRY,
     STARTING,
+    STOP_SLACK,
     CrashLoop,
     Supervisor,
     Worker,
@@ -406,6 +407,26 @@ def test_giving_up_stops_counting_the_workers_still_starting(fake_supervisor):
     assert sup.crash_loop.failures == sup.crash_loop.limit
 
 
+def test_a_worker_stopped_while_starting_has_a_deadline_even_without_a_graceful_one(
+    fake_supervisor,
+):
+    fake = fake_supervisor(timeout_graceful_shutdown=None, timeout_worker_startup=None)
+    sup = fake.sup
+    starting = fake.worker(101)
+    serving = fake.worker(102, state="serving", last_beat=10.0)
+    late = fake.worker(103)  # becomes ready just after it is told to stop
+    sup._stop_all("graceful", 10.0)
+    assert starting.stop_deadline == 10.0 + STOP_SLACK  # nothing in flight to wait for
+    assert serving.stop_deadline is None  # no graceful timeout: its requests take their time
+    sup._ready(late, 11.0)
+    assert late.stop_deadline is None  # it may have taken requests: the graceful rule again
+    sup._enforce_deadlines(10.0 + STOP_SLACK - 0.1)
+    assert not starting.killed
+    sup._enforce_deadlines(10.0 + STOP_SLACK)
+    assert starting.killed and (101, signal.SIGKILL) in fake.signals
+    assert not serving.killed and not late.killed
+
+
 def test_timeout_worker_startup_is_validated_and_can_be_turned_off(monkeypatch):
     monkeypatch.delenv("WEB_CONCURRENCY", raising=False)
     assert Config(app="m:a").timeout_worker_startup == 60.0
@@ -694,6 +715,47 @@ def test_a_lifespan_startup_that_hangs_or_blocks_is_killed_as_a_startup_failure(
     assert f'stuck.py", line {line} in {hangs_at[1]}' in server.log, server.log
     assert why in server.log
     assert "failed to start 5 times in a row" in server.log
+
+
+@pytest.mark.once
+@pytest.mark.parametrize(
+    ("app", "ends"),
+    [
+        # Awaiting: the worker cancels its startup and exits at once, its cleanup run.
+        ("stuck:hanging_startup", r"Stopped worker 1 \(pid \d+\) \(shutdown\)"),
+        # Blocking its loop: it cannot give up by itself; killed after STOP_SLACK.
+        ("stuck:blocking_startup", r"Worker 1 \(pid \d+\) did not stop in time; killing it"),
+    ],
+)
+def test_a_worker_told_to_stop_while_its_startup_hangs_is_not_waited_for_forever(
+    supervised, tmp_path, app, ends
+):
+    cancelled = tmp_path / "cancelled"
+    server = supervised(
+        "--workers",
+        "1",
+        "--timeout-worker-startup",
+        "0",  # no start deadline: only the stop deadline can end it
+        "--timeout-worker-healthcheck",
+        "300",
+        app=app,
+        # No --timeout-graceful-shutdown: a serving worker would be waited for as long as
+        # its requests take.
+        env={"ASERVE_TIMEOUT_GRACEFUL_SHUTDOWN": "none", "ASERVE_TEST_CANCELLED": str(cancelled)},
+    )
+    server.wait_for_log(r"Waiting for application startup\.", timeout=30)
+    time.sleep(0.3)  # into the startup's sleep
+    server.send(signal.SIGTERM)
+    began = time.monotonic()
+    assert wait_for_exit(server, timeout=30) == 0, server.log
+    took = time.monotonic() - began
+    assert re.search(ends, server.log), server.log
+    if app == "stuck:hanging_startup":
+        assert cancelled.read_text().startswith("cancelled"), server.log
+        assert "did not stop in time" not in server.log
+        assert took < STOP_SLACK, server.log
+    else:
+        assert took >= STOP_SLACK - 0.5, server.log
 
 
 @pytest.mark.once

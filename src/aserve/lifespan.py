@@ -42,6 +42,14 @@ class Lifespan:
         if self._failure is not None:
             raise LifespanFailure(self._failure)
 
+    def cancel(self) -> asyncio.Task[None] | None:
+        """Cancel the app's lifespan call (a startup given up); the Task, to wait for, or None."""
+        task = self._task
+        if task is None or task.done():
+            return None
+        task.cancel()
+        return task
+
     async def shutdown(self) -> None:
         if self._task is None or self.unsupported or self._task.done():
             return

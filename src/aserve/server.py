@@ -37,6 +37,10 @@ from aserve.tls import TLSInfo, server_ssl_context
 _TICK = 0.1  # how often the main loop looks at should_exit and refreshes the Date header
 
 
+class StoppedWhileStarting(Exception):
+    """Told to stop before lifespan startup was done: the startup was cancelled."""
+
+
 class Server:
     """One server in the current event loop.
 
@@ -95,7 +99,10 @@ class Server:
     async def serve(self, sockets: list[socket.socket] | None = None) -> None:
         self._set_up_logging()
         with self.capture_signals():
-            await self._serve(sockets)
+            try:
+                await self._serve(sockets)
+            except StoppedWhileStarting:
+                error_logger.info("Stopped before application startup was complete")
 
     async def _serve(self, sockets: list[socket.socket] | None) -> None:
         config = self.config
@@ -118,7 +125,7 @@ class Server:
             self._lifespan = Lifespan(app, config.lifespan, lifespan_state)
             if config.lifespan != "off":
                 error_logger.info("Waiting for application startup.")
-            await self._lifespan.startup(base_context.copy())
+            await self._start_up(self._lifespan, base_context.copy())
         except BaseException as exc:
             if isinstance(exc, LifespanFailure):
                 error_logger.error("Application startup failed: %s", exc)
@@ -173,6 +180,32 @@ class Server:
             await self._main_loop()
         finally:
             await self.shutdown()
+
+    async def _start_up(self, lifespan: Lifespan, context: contextvars.Context) -> None:
+        """Lifespan startup, given up when the server is told to stop before it is done.
+
+        A startup that hangs (a database connect without a timeout) would otherwise hold a
+        SIGTERM forever. The app's lifespan call is cancelled, so its `finally` blocks and
+        context managers clean up; the server then stops without serving
+        (`StoppedWhileStarting`). A startup that blocks the loop, or ignores the
+        cancellation, is left to whoever waits for this process (a supervisor kills its
+        worker: docs/deployment.md).
+        """
+        startup = asyncio.ensure_future(lifespan.startup(context))
+        try:
+            while not startup.done() and not self.should_exit:
+                await asyncio.wait((startup,), timeout=_TICK)
+        finally:
+            given_up = not startup.done()
+            if given_up:
+                startup.cancel()  # told to stop (or this very task was cancelled)
+        if not given_up:
+            startup.result()  # LifespanFailure, as the app reported it
+            return
+        task = lifespan.cancel()
+        while task is not None and not task.done() and not self.force_exit:
+            await asyncio.wait((task,), timeout=_TICK)
+        raise StoppedWhileStarting
 
     def _set_up_logging(self) -> None:
         """As uvicorn's embedding API does, unless the process has its own logging set up.

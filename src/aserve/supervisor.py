@@ -44,7 +44,8 @@ from aserve.worker import (
 
 # Start-up failures in a row (no worker became ready in between) before giving up.
 CRASH_LOOP_LIMIT = 5
-# A worker asked to stop gets the graceful timeout plus this for lifespan shutdown and exit.
+# A worker asked to stop gets the graceful timeout plus this for lifespan shutdown and exit;
+# one still starting (nothing in flight, its startup cancelled: server.py) gets this alone.
 STOP_SLACK = 5.0
 # After a failed replacement (recycling), the old worker keeps serving; try again after this.
 REPLACE_RETRY = 10.0
@@ -339,12 +340,23 @@ class Supervisor:
         return worker
 
     def _stop(self, worker: Worker, reason: str, now: float) -> None:
-        """Ask a worker to drain and exit (SIGTERM), bounded by the graceful timeout."""
+        """Ask a worker to drain and exit (SIGTERM), bounded by the graceful timeout.
+
+        A worker not ready yet has no request in flight: it gives up its startup at once
+        (server.py), so it gets `STOP_SLACK` whatever the graceful timeout, which may be
+        off: a startup that hangs in a blocking call, or ignores its cancellation, would
+        otherwise hold the supervisor forever.
+        """
         if worker.stop_reason is None:
             worker.stop_reason = reason
-        timeout = self.config.timeout_graceful_shutdown
-        worker.stop_deadline = None if timeout is None else now + timeout + STOP_SLACK
+        worker.stop_deadline = self._stop_deadline(worker, now)
         self._kill(worker, signal.SIGTERM)
+
+    def _stop_deadline(self, worker: Worker, now: float) -> float | None:
+        if worker.state == STARTING:
+            return now + STOP_SLACK
+        timeout = self.config.timeout_graceful_shutdown
+        return None if timeout is None else now + timeout + STOP_SLACK
 
     def _kill(self, worker: Worker, sig: int) -> None:
         with contextlib.suppress(ProcessLookupError):
@@ -483,6 +495,14 @@ class Supervisor:
             return  # too late: it was killed for not starting in time
         worker.state = SERVING
         worker.last_beat = now
+        if (
+            worker.stop_reason is not None
+            and worker.stop_deadline is not None
+            and self.stopping != "quick"
+        ):
+            # Told to stop just as it became ready: it may have accepted requests, which get
+            # the graceful timeout after all.
+            worker.stop_deadline = self._stop_deadline(worker, now)
         self.crash_loop.succeeded()
         error_logger.info("%s is ready", worker.name.capitalize())
         old = worker.replaces

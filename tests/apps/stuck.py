@@ -16,10 +16,21 @@ if os.path.exists(os.environ.get("ASERVE_TEST_HANG_IMPORT", "/nonexistent")):
 
 
 async def hanging_startup(scope, receive, send):
-    """A lifespan startup that awaits forever: its event loop runs, it never gets ready."""
+    """A lifespan startup that awaits forever: its event loop runs, it never gets ready.
+
+    When it is cancelled (the server told to stop), it writes "cancelled" to the file named
+    by ASERVE_TEST_CANCELLED, as a `finally` block closing a half-open pool would.
+    """
     message = await receive()
     assert message["type"] == "lifespan.startup"
-    await asyncio.sleep(1e6)  # the startup hangs here
+    try:
+        await asyncio.sleep(1e6)  # the startup hangs here
+    except asyncio.CancelledError:
+        marker = os.environ.get("ASERVE_TEST_CANCELLED")
+        if marker:
+            with open(marker, "a") as file:
+                file.write(f"cancelled {os.getpid()}\n")
+        raise
 
 
 async def blocking_startup(scope, receive, send):
