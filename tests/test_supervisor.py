@@ -33,6 +33,7 @@ from aserve.supervisor import (
     Worker,
     describe_status,
     heartbeat_interval,
+    own_memory_bytes,
     request_limit,
     rss_bytes,
     startup_overdue,
@@ -279,6 +280,34 @@ def test_rss_of_this_process_is_read_from_proc():
     rss = rss_bytes(os.getpid())
     assert rss is not None and 1 << 20 < rss < 1 << 34
     assert rss_bytes(2**22 + 12345) is None
+
+
+def test_own_memory_leaves_out_pages_shared_with_the_parent():
+    shared = b"x" * (64 * 1024 * 1024)  # written before the fork: shared by both processes
+    reader, writer = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(reader)
+        own = bytearray(32 * 1024 * 1024)  # written after: the child's own
+        own[::4096] = b"y" * len(own[::4096])
+        os.write(writer, b"1")
+        time.sleep(60)
+        os._exit(0)
+    os.close(writer)
+    try:
+        assert os.read(reader, 1) == b"1"
+        rss = rss_bytes(pid)
+        assert rss is not None and rss > 96 * 1024 * 1024  # both, in RSS
+        uss, spent = own_memory_bytes(pid, 1)
+        assert uss is not None and 32 * 1024 * 1024 < uss < 64 * 1024 * 1024
+        assert spent > 0  # read from smaps_rollup
+        assert own_memory_bytes(pid, 1 << 40) == (rss_bytes(pid), 0.0)  # under: RSS, no walk
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        os.close(reader)
+    assert own_memory_bytes(pid, 1) == (None, 0.0)
+    assert len(shared) == 64 * 1024 * 1024
 
 
 def test_worker_settings_are_validated(monkeypatch):
@@ -856,7 +885,34 @@ def test_memory_limit_recycles_a_worker(supervised):
     server = supervised("--workers", "1", "--limit-worker-memory", "60")
     server.wait_until_running()
     hog = get_pid(server.url, "/grow")  # 64 MiB more
-    server.wait_for_log(rf"Worker 1 \(pid {hog}\) uses \d+ MB, over --limit-worker-memory")
+    server.wait_for_log(
+        rf"Worker 1 \(pid {hog}\) uses \d+ MB of its own memory \(USS\), over --limit-worker-memory"
+    )
+    poll(lambda: hog not in server.worker_pids(), what="the worker to be replaced")
+    assert get_pid(server.url) != hog
+    assert server.stop() == 0
+
+
+@pytest.mark.once
+def test_memory_limit_counts_a_workers_own_memory_not_its_preloaded_pages(supervised):
+    server = supervised(
+        "--workers",
+        "1",
+        "--preload",
+        "--limit-worker-memory",
+        "60",
+        env={"ASERVE_TEST_PRELOAD_MB": "100"},  # imported once, by the supervisor
+    )
+    server.wait_until_running()
+    pid = get_pid(server.url)
+    rss = rss_bytes(pid)
+    assert rss is not None and rss > 100 * 1024 * 1024  # RSS counts the shared 100 MB
+    time.sleep(3)  # three checks, each over the limit in RSS
+    assert "over --limit-worker-memory" not in server.log, server.log
+    assert get_pid(server.url) == pid
+    hog = get_pid(server.url, "/grow")  # 64 MiB of its own
+    assert hog == pid
+    server.wait_for_log(rf"Worker 1 \(pid {hog}\) uses \d+ MB of its own memory \(USS\)")
     poll(lambda: hog not in server.worker_pids(), what="the worker to be replaced")
     assert get_pid(server.url) != hog
     assert server.stop() == 0

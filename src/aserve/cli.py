@@ -452,7 +452,8 @@ def _parse_headers(
     "--limit-worker-memory",
     type=click.FloatRange(min=0, min_open=True),
     default=None,
-    help="Replace a worker whose resident memory (RSS) passes this many megabytes.",
+    help="Replace a worker whose own memory (USS: not the pages it shares, such as a "
+    "--preload app) passes this many megabytes.",
 )
 @click.option(
     "--preload",

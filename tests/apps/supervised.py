@@ -14,6 +14,8 @@ if os.environ.get("ASERVE_TEST_IMPORT_LOG"):  # who imported this module (--prel
         _log.write(f"{os.getpid()}\n")
 
 _hoard: list[bytes] = []
+# Memory the module holds from its import: with --preload, pages every worker shares.
+_preloaded = b"x" * (int(os.environ.get("ASERVE_TEST_PRELOAD_MB", "0")) * 1024 * 1024)
 
 
 async def app(scope, receive, send):
