@@ -8,6 +8,7 @@ reaps the process (killed if it does not stop in time).
 
 from __future__ import annotations
 
+import collections
 import os
 import re
 import signal
@@ -18,6 +19,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import httpx
 
 # Generous: the CI machine has two busy cores.
 DEADLINE = 30.0
@@ -147,3 +150,82 @@ class AserveProcess(Child):
         except AssertionError as exc:
             raise AssertionError(f"server did not start: {exc}") from None
         return ports[0]
+
+
+class Load:
+    """Steady load: keep-alive clients (httpx) and clients opening a new connection each time.
+
+    Counts every request that did not get a 200 from a worker: across restarts there must be
+    none.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        keep_alive: int = 4,
+        new_connections: int = 2,
+        http2: bool = False,
+        verify: Any = True,
+    ) -> None:
+        self.url = url
+        # HTTP/2 by prior knowledge (h2c) when asked: httpx with python-hyper's h2.
+        self.versions = {"http1": not http2, "http2": http2}
+        self.verify = verify  # httpx's: an ssl.SSLContext for a server with a test CA
+        self.stopping = threading.Event()
+        self.ok = 0
+        self.failures: list[str] = []
+        self.pids: collections.Counter[int] = collections.Counter()
+        self._lock = threading.Lock()
+        self.threads = [
+            threading.Thread(target=self._keep_alive, daemon=True) for _ in range(keep_alive)
+        ] + [
+            threading.Thread(target=self._new_connections, daemon=True)
+            for _ in range(new_connections)
+        ]
+
+    def __enter__(self) -> Load:
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stopping.set()
+        for thread in self.threads:
+            thread.join(20)
+
+    def _record(self, response: httpx.Response | None, error: Exception | None) -> None:
+        with self._lock:
+            if error is not None:
+                self.failures.append(f"{type(error).__name__}: {error}")
+            elif response is not None and response.status_code != 200:
+                self.failures.append(f"status {response.status_code}")
+            elif response is not None:
+                self.ok += 1
+                self.pids[int(response.text)] += 1
+
+    def _keep_alive(self) -> None:
+        with httpx.Client(timeout=10, verify=self.verify, **self.versions) as client:
+            while not self.stopping.is_set():
+                try:
+                    self._record(client.get(self.url + "/"), None)
+                except httpx.HTTPError as exc:
+                    self._record(None, exc)
+
+    def _new_connections(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                if self.versions["http2"]:
+                    with httpx.Client(timeout=10, verify=self.verify, **self.versions) as client:
+                        response = client.get(self.url + "/")
+                else:
+                    headers = {"connection": "close"}
+                    response = httpx.get(
+                        self.url + "/", timeout=10, headers=headers, verify=self.verify
+                    )
+                self._record(response, None)
+            except httpx.HTTPError as exc:
+                self._record(None, exc)
+
+    def wait_for(self, requests: int, timeout: float = DEADLINE) -> None:
+        start = self.ok
+        wait_for(lambda: self.ok >= start + requests or self.failures, "load", timeout)

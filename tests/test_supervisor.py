@@ -40,6 +40,7 @@ from aserve.supervisor import (
     trim_stack,
 )
 from aserve.worker import FAILED, HEARTBEAT, READY, decode, encode, task_stacks
+from processes import Load
 
 APPS = Path(__file__).parent / "apps"
 
@@ -151,77 +152,6 @@ def poll(condition: Callable[[], object], timeout: float = 20, what: str = "cond
             return
         time.sleep(0.05)
     raise AssertionError(f"timed out waiting for {what}")
-
-
-class Load:
-    """Steady load: keep-alive clients (httpx) and clients opening a new connection each time.
-
-    Counts every request that did not get a 200 from a worker: across restarts there must be
-    none.
-    """
-
-    def __init__(
-        self, url: str, keep_alive: int = 4, new_connections: int = 2, http2: bool = False
-    ) -> None:
-        self.url = url
-        # HTTP/2 by prior knowledge (h2c) when asked: httpx with python-hyper's h2.
-        self.versions = {"http1": not http2, "http2": http2}
-        self.stopping = threading.Event()
-        self.ok = 0
-        self.failures: list[str] = []
-        self.pids: collections.Counter[int] = collections.Counter()
-        self._lock = threading.Lock()
-        self.threads = [
-            threading.Thread(target=self._keep_alive, daemon=True) for _ in range(keep_alive)
-        ] + [
-            threading.Thread(target=self._new_connections, daemon=True)
-            for _ in range(new_connections)
-        ]
-
-    def __enter__(self) -> Load:
-        for thread in self.threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stopping.set()
-        for thread in self.threads:
-            thread.join(20)
-
-    def _record(self, response: httpx.Response | None, error: Exception | None) -> None:
-        with self._lock:
-            if error is not None:
-                self.failures.append(f"{type(error).__name__}: {error}")
-            elif response is not None and response.status_code != 200:
-                self.failures.append(f"status {response.status_code}")
-            elif response is not None:
-                self.ok += 1
-                self.pids[int(response.text)] += 1
-
-    def _keep_alive(self) -> None:
-        with httpx.Client(timeout=10, **self.versions) as client:
-            while not self.stopping.is_set():
-                try:
-                    self._record(client.get(self.url + "/"), None)
-                except httpx.HTTPError as exc:
-                    self._record(None, exc)
-
-    def _new_connections(self) -> None:
-        while not self.stopping.is_set():
-            try:
-                if self.versions["http2"]:
-                    with httpx.Client(timeout=10, **self.versions) as client:
-                        response = client.get(self.url + "/")
-                else:
-                    headers = {"connection": "close"}
-                    response = httpx.get(self.url + "/", timeout=10, headers=headers)
-                self._record(response, None)
-            except httpx.HTTPError as exc:
-                self._record(None, exc)
-
-    def wait_for(self, requests: int, timeout: float = 20) -> None:
-        start = self.ok
-        poll(lambda: self.ok >= start + requests or self.failures, timeout, "load")
 
 
 # -- unit tests of the pieces ---------------------------------------------------------------

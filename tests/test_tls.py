@@ -20,7 +20,7 @@ from aserve.asgi import HTTP_EXTENSIONS
 from aserve.config import Config
 from aserve.errors import ConfigError
 from aserve.protocols import sendfile
-from aserve.tls import create_ssl_context
+from aserve.tls import create_ssl_context, load_tls
 from conftest import read_until_close, serve
 
 
@@ -273,11 +273,27 @@ def test_tls_is_off_without_a_certificate():
         ({"ssl_ca_certs": "/nonexistent-ca.pem"}, "ssl_ca_certs: cannot load"),
         ({"ssl_ciphers": "NOT-A-CIPHER"}, "selects no cipher"),
         ({"ssl_keyfile_password": "wrong", "encrypted": True}, "wrong ssl_keyfile_password"),
+        # Never OpenSSL's pass phrase prompt on the terminal: a server has no one to ask.
+        ({"encrypted": True}, "encrypted.key' is encrypted: give ssl_keyfile_password"),
+        ({"ssl_keyfile": "/nonexistent.key"}, "ssl_keyfile: cannot read '/nonexistent.key'"),
+        ({"certfile": "not a certificate\n"}, "ssl_certfile: no valid PEM certificate in"),
+        ({"keyfile": "not a key\n"}, "no valid PEM private key in"),
+        ({"other key": True}, "does not match the certificate in"),
+        ({"ssl_keyfile": None}, "(give it as ssl_keyfile)"),
         ({"ssl_version": 99}, "ssl_version 99"),
     ],
 )
-def test_bad_settings_are_one_line_errors(certs, tmp_path, options, error):
+def test_bad_settings_are_one_line_errors(ca, certs, tmp_path, options, error):
     options = dict(options)
+    for name in ("certfile", "keyfile"):
+        if name in options:  # a damaged file
+            damaged = tmp_path / f"damaged-{name}"
+            damaged.write_text(options.pop(name))
+            options[f"ssl_{name}"] = str(damaged)
+    if options.pop("other key", False):
+        other = tmp_path / "other.key"
+        ca.issue_cert("other.example").private_key_pem.write_to_path(other)
+        options["ssl_keyfile"] = str(other)
     if options.pop("encrypted", False):
         from cryptography.hazmat.primitives import serialization
 
@@ -297,6 +313,49 @@ def test_bad_settings_are_one_line_errors(certs, tmp_path, options, error):
         _context(**options)
     assert error in str(info.value)
     assert "\n" not in str(info.value)
+
+
+def _handshake(server_context: ssl.SSLContext, client_context: ssl.SSLContext) -> ssl.SSLObject:
+    """A TLS handshake in memory; the server's SSLObject."""
+    to_server, from_server, to_client, from_client = (ssl.MemoryBIO() for _ in range(4))
+    server = server_context.wrap_bio(to_server, from_server, server_side=True)
+    client = client_context.wrap_bio(to_client, from_client, server_hostname="localhost")
+    for _ in range(10):
+        done = 0
+        for side in (client, server):
+            try:
+                side.do_handshake()
+                done += 1
+            except ssl.SSLWantReadError:
+                pass
+        to_server.write(from_client.read())
+        to_client.write(from_server.read())
+        if done == 2:
+            return server
+    raise AssertionError("no handshake")
+
+
+def test_a_handshake_begun_before_a_certificate_reload_reports_its_own_certificate(
+    ca, certs, tmp_path
+):
+    other = ca.issue_cert("localhost", "127.0.0.1")
+    other.cert_chain_pems[0].write_to_path(tmp_path / "new.pem")
+    other.private_key_pem.write_to_path(tmp_path / "new.key")
+    old = load_tls(Config(app=record, **tls_options(certs)))
+    new_options = {
+        "ssl_certfile": str(tmp_path / "new.pem"),
+        "ssl_keyfile": str(tmp_path / "new.key"),
+    }
+    new = load_tls(Config(app=record, **new_options))
+    assert old is not None and new is not None
+    new.replacing(old)
+    began_before = _handshake(old.context, client_context(certs))
+    began_after = _handshake(new.context, client_context(certs))
+    assert new.extension(began_before)["server_cert"] == certs["server_pem"]
+    assert new.extension(began_after)["server_cert"] == other.cert_chain_pems[0].bytes().decode()
+    newer = load_tls(Config(app=record, **tls_options(certs))).replacing(new)
+    assert new.previous is None  # one level kept: reloads do not pile contexts up
+    assert newer.previous is new
 
 
 def test_error_answer_reaches_a_client_still_uploading_over_tls(loop_name, certs):

@@ -58,6 +58,11 @@ class Edge:
         # this bounds a peer that connects and sends nothing, or sends it a byte at a time.
         self._proxy_timeout = proxy_timeout
 
+    def use_ssl_context(self, context: ssl.SSLContext) -> None:
+        """Start the TLS of connections accepted from now on with `context` (a certificate
+        reload); those already in their handshake finish it with the one they began with."""
+        self._ssl = context
+
     async def connect(self, sock: socket.socket) -> None:
         """Read the PROXY header if one is required, then start the transport (and TLS)."""
         try:

@@ -22,6 +22,7 @@ from aserve import compat, systemd
 from aserve.balance import AcceptSlot
 from aserve.config import Config
 from aserve.edge import Edge
+from aserve.errors import ConfigError
 from aserve.health import bind_health_socket, listener_url, start_health_server
 from aserve.importer import load_app
 from aserve.lifespan import Lifespan, LifespanFailure
@@ -32,7 +33,7 @@ from aserve.protocols.http import HttpProtocol
 from aserve.proxy import parse_trusted
 from aserve.sockets import bind_sockets, describe, describe_listener, remove_unix_files
 from aserve.state import ServerState
-from aserve.tls import TLSInfo, server_ssl_context
+from aserve.tls import TLSInfo, load_tls
 
 _TICK = 0.1  # how often the main loop looks at should_exit and refreshes the Date header
 
@@ -60,6 +61,8 @@ class Server:
     shared_sockets = False
     # This worker's slot in the supervisor's accept counts, to share bursts (balance.py).
     accept_balance: AcceptSlot | None = None
+    # The TLS context a supervisor loaded before the fork (its workers use it as it is).
+    tls: TLSInfo | None = None
     # Whether it serves --health-port itself: a supervisor's workers leave it to the supervisor.
     serves_health = True
 
@@ -82,6 +85,8 @@ class Server:
         self._drain_signal: int | None = None
         self._lifespan: Lifespan | None = None
         self._from_systemd = False
+        self._edge: Edge | None = None
+        self._reload_tls = False  # SIGHUP: re-read the certificate files (`reload_tls`)
         self._unlink_on_exit = False  # it bound the config's unix sockets: remove their files
 
     @property
@@ -112,7 +117,9 @@ class Server:
             compat.log_notices(config)
         base_context = contextvars.copy_context()
         owned = sockets is None
-        ssl_context = server_ssl_context(config)  # a bad certificate fails before binding
+        # A bad certificate fails before binding; a supervisor loaded it before the fork.
+        tls = self.tls if self.tls is not None else load_tls(config)
+        ssl_context = None if tls is None else tls.context
         if sockets is None:  # fail fast, before the app starts up
             sockets, self._from_systemd = bind_sockets(config)
             self._unlink_on_exit = not self._from_systemd
@@ -145,10 +152,9 @@ class Server:
         if state.metrics is not None:  # a supervisor's worker shows the supervisor's counts
             state.metrics.supervisor = self.accept_balance
         edge = None
-        if ssl_context is not None:
-            state.tls_info = TLSInfo(ssl_context, config.ssl_certfile)
+        state.tls_info = tls
         if config.proxy_protocol or ssl_context is not None:
-            edge = Edge(
+            edge = self._edge = Edge(
                 loop,
                 lambda addresses=None: HttpProtocol(state, addresses),
                 ssl_context,
@@ -317,6 +323,9 @@ class Server:
         notify = self.config.callback_notify  # uvicorn's: an embedder's heartbeat
         next_notify = time.monotonic() + self.config.timeout_notify
         while not self.should_exit:
+            if self._reload_tls:
+                self._reload_tls = False
+                self.reload_tls()
             if self._drain_signal is not None:
                 self._drain_step()
                 if self.should_exit:
@@ -415,18 +424,46 @@ class Server:
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
-        """SIGINT/SIGTERM stop the server while it serves (main thread only), as with uvicorn."""
+        """SIGINT/SIGTERM stop the server while it serves (main thread only), as with uvicorn;
+        with TLS on, SIGHUP reloads the certificate (`reload_tls`). Without TLS, SIGHUP keeps
+        its default action (the process ends), as uvicorn's: a closed terminal stops it."""
         if threading.current_thread() is not threading.main_thread():
             yield
             return
         previous = {
             sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)
         }
+        if self.config.ssl_certfile is not None or self.config.ssl_context_factory is not None:
+            previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, self._handle_reload)
         try:
             yield
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+
+    def _handle_reload(self, sig: int, frame: Any) -> None:
+        self._reload_tls = True  # the main loop reloads: a signal handler may interrupt anything
+
+    def reload_tls(self) -> bool:
+        """Read the certificate, key and CA files again (SIGHUP does this).
+
+        New connections get the new certificate; open ones, and handshakes under way, keep
+        the one they began with. Files that do not load leave the certificate in use as it is,
+        with one error line naming the problem. True when the new one is in use.
+        """
+        edge, state = self._edge, self.state
+        if edge is None or state is None or state.tls_info is None:
+            return False
+        try:
+            tls = load_tls(self.config)
+        except ConfigError as exc:
+            error_logger.error("TLS certificate not reloaded, the one in use stays: %s", exc)
+            return False
+        assert tls is not None
+        state.tls_info = tls.replacing(state.tls_info)
+        edge.use_ssl_context(tls.context)
+        error_logger.info("TLS certificate reloaded from %s", _source(self.config))
+        return True
 
     def handle_exit(self, sig: int, frame: Any) -> None:
         """SIGINT/SIGTERM: a graceful stop, after --drain-delay if the server is serving.
@@ -444,6 +481,13 @@ class Server:
             self._drain_signal = sig
         else:
             self.should_exit = True
+
+
+def _source(config: Config) -> str:
+    """Where a TLS context comes from, for the log."""
+    if config.ssl_certfile is None:
+        return "ssl_context_factory"
+    return str(config.ssl_certfile)
 
 
 def loop_factory(setting: str) -> Callable[[], asyncio.AbstractEventLoop]:

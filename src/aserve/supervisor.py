@@ -31,6 +31,7 @@ from aserve.logging import error_logger
 from aserve.preload import PreloadFailure, preload, sighup_note
 from aserve.server import loop_factory
 from aserve.sockets import bind_sockets, describe, describe_listener, remove_unix_files
+from aserve.tls import TLSInfo, load_tls
 from aserve.worker import (
     FAILED,
     HEARTBEAT,
@@ -219,8 +220,13 @@ class Supervisor:
         sockets: list[socket.socket],
         from_systemd: bool = False,
         health_socket: socket.socket | None = None,
+        tls: TLSInfo | None = None,
     ) -> None:
         self.config = config
+        # The TLS context every worker forked from now on uses, loaded here: a new worker
+        # (reload, respawn, recycling) starts on the last certificate that loaded, never on
+        # files that do not (see `_reload_tls`).
+        self.tls = tls
         self.sockets = sockets
         self.from_systemd = from_systemd
         self.target = config.workers or 1
@@ -357,6 +363,7 @@ class Supervisor:
                 limit,
                 inherited,
                 None if slot is None else self.shares.slot(slot),
+                self.tls,
             )  # never returns
         os.close(channel_w)
         os.close(stacks_w)
@@ -836,10 +843,30 @@ class Supervisor:
         )
         if self.config.preload:
             error_logger.warning(sighup_note())
+        self._reload_tls()
         self.reload_queue = old
         self.reloading = True
         monotonic_usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
         systemd.notify("RELOADING=1", f"MONOTONIC_USEC={monotonic_usec}")
+
+    def _reload_tls(self) -> None:
+        """SIGHUP: read the certificate files again, for the workers the restart starts.
+
+        Workers do not reload in place: each old one drains and a new one, forked with the
+        new context, takes its place. Files that do not load leave the last good context to
+        the new workers (one error line); the restart goes on (it may carry new code).
+        """
+        if self.tls is None:
+            return
+        try:
+            tls = load_tls(self.config)
+        except ConfigError as exc:
+            error_logger.error(
+                "TLS certificate not reloaded, the new workers keep the one in use: %s", exc
+            )
+            return
+        self.tls = tls
+        error_logger.info("TLS certificate reloaded; the new workers use it")
 
     def _end_reload(self, aborted: bool) -> None:
         if not self.reloading:
@@ -908,6 +935,7 @@ def supervise(config: Config) -> None:
             config = preload(config)  # before binding: an app that cannot load holds no port
         except PreloadFailure as exc:
             raise WorkerStartupFailure(str(exc)) from None
+    tls = load_tls(config)  # a bad certificate is one line, before binding
     sockets, from_systemd = bind_sockets(config)
     health = None
     if config.health_port is not None:
@@ -919,7 +947,7 @@ def supervise(config: Config) -> None:
             if not from_systemd:
                 remove_unix_files(config)
             raise
-    Supervisor(config, sockets, from_systemd, health).run()
+    Supervisor(config, sockets, from_systemd, health, tls).run()
 
 
 __all__ = ["Supervisor", "WorkerStartupFailure", "app_name", "supervise"]

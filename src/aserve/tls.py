@@ -1,5 +1,8 @@
 """TLS: the `ssl.SSLContext` built from the `--ssl-*` settings, and the ASGI `tls` extension.
 
+`load_tls` builds both, at start and on every certificate reload (SIGHUP: server.py,
+supervisor.py), so a context made for a reload is made exactly as the first one.
+
 Flag names and meanings are uvicorn's (`--ssl-cert-reqs` is `ssl.VerifyMode` as an int, 0 none,
 1 optional, 2 required; `--ssl-version` an `ssl.PROTOCOL_*` int). The cipher list defaults to
 Python's own, as uvicorn 0.55's does (older uvicorn's "TLSv1" left out every TLS 1.2 AEAD
@@ -71,8 +74,9 @@ def server_ssl_context(config: Config) -> ssl.SSLContext | None:
 def create_ssl_context(config: Config) -> ssl.SSLContext | None:
     """The server's context, or None when TLS is off (no `ssl_certfile`).
 
-    Every problem is a ConfigError naming the setting: a missing file, a key that does not
-    match, a wrong password, an unknown cipher string.
+    Every problem is a ConfigError naming the setting: a missing file, a file with no valid
+    certificate or key, a key that does not match, an encrypted key without its password or
+    with a wrong one, an unknown cipher string.
     """
     certfile = config.ssl_certfile
     if certfile is None:
@@ -95,18 +99,7 @@ def create_ssl_context(config: Config) -> ssl.SSLContext | None:
         context = ssl.SSLContext(config.ssl_version)
     except (ValueError, OSError) as exc:
         raise ConfigError(f"ssl_version {config.ssl_version!r} is not usable: {exc}") from None
-    password = config.ssl_keyfile_password
-    try:
-        context.load_cert_chain(str(certfile), _optional_str(config.ssl_keyfile), password)
-    except FileNotFoundError as exc:
-        raise ConfigError(f"cannot read {exc.filename or certfile!r}: {exc.strerror}") from None
-    except ssl.SSLError as exc:
-        raise ConfigError(
-            f"ssl_certfile/ssl_keyfile: cannot load the certificate and its key "
-            f"(wrong file, key not matching, or wrong ssl_keyfile_password): {exc.reason or exc}"
-        ) from None
-    except OSError as exc:
-        raise ConfigError(f"cannot read {exc.filename or certfile!r}: {exc.strerror}") from None
+    _load_certificate(context, str(certfile), _optional_str(config.ssl_keyfile), config)
     context.verify_mode = ssl.VerifyMode(config.ssl_cert_reqs)
     if config.ssl_ca_certs is not None:
         try:
@@ -127,36 +120,115 @@ def create_ssl_context(config: Config) -> ssl.SSLContext | None:
     return context
 
 
+def load_tls(config: Config) -> TLSInfo | None:
+    """The context (`server_ssl_context`: `ssl_context_factory`'s, or the `--ssl-*` files')
+    and the `tls` extension's per-server part, made now; None when TLS is off. Raises
+    ConfigError naming the problem (see `create_ssl_context`)."""
+    context = server_ssl_context(config)
+    if context is None:
+        return None
+    return TLSInfo(context, config.ssl_certfile)
+
+
+def _load_certificate(
+    context: ssl.SSLContext, certfile: str, keyfile: str | None, config: Config
+) -> None:
+    """The certificate chain and its key, each problem named.
+
+    OpenSSL says "PEM lib" for a damaged certificate, a damaged key and a wrong password
+    alike, without naming the file: the certificates are parsed on their own first, and the
+    password callback tells whether the key is encrypted.
+    """
+    for setting, path in (("ssl_certfile", certfile), ("ssl_keyfile", keyfile)):
+        if path is not None:
+            try:
+                with open(path, "rb"):
+                    pass
+            except OSError as exc:
+                raise ConfigError(f"{setting}: cannot read {path!r}: {exc.strerror}") from None
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(certfile)
+    except ssl.SSLError:
+        raise ConfigError(f"ssl_certfile: no valid PEM certificate in {certfile!r}") from None
+    where = keyfile or certfile
+    password = config.ssl_keyfile_password
+    encrypted = False
+
+    def give_password() -> Any:
+        nonlocal encrypted
+        encrypted = True
+        if password is None:  # never OpenSSL's prompt on the terminal: a server reads none
+            raise ConfigError(
+                f"the private key in {where!r} is encrypted: give ssl_keyfile_password"
+            )
+        return password
+
+    try:
+        context.load_cert_chain(certfile, keyfile, give_password)
+    except ssl.SSLError as exc:
+        if exc.reason == "KEY_VALUES_MISMATCH":
+            raise ConfigError(
+                f"the private key in {where!r} does not match the certificate in {certfile!r}"
+            ) from None
+        if encrypted:
+            raise ConfigError(
+                f"wrong ssl_keyfile_password: cannot decrypt the private key in {where!r}"
+            ) from None
+        missing = "" if keyfile is not None else " (give it as ssl_keyfile)"
+        raise ConfigError(f"no valid PEM private key in {where!r}{missing}") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read {exc.filename or where!r}: {exc.strerror}") from None
+
+
 def _optional_str(value: Any) -> str | None:
     return None if value is None else str(value)
 
 
 class TLSInfo:
-    """The ASGI `tls` extension: what is the same for every connection is computed here once,
-    the rest once per connection (`extension`), never per request."""
+    """A server's TLS context, and the ASGI `tls` extension: what is the same for every
+    connection is computed here once, the rest once per connection (`extension`), never per
+    request.
 
-    __slots__ = ("_cipher_ids", "server_cert")
+    After a certificate reload, `previous` is the info of the context it replaced: a
+    handshake begun before the reload ends on that context, and its connection reports that
+    certificate.
+    """
+
+    __slots__ = ("_cipher_ids", "context", "previous", "server_cert")
 
     def __init__(self, context: ssl.SSLContext, certfile: str | None) -> None:
+        self.context = context
+        self.previous: TLSInfo | None = None
         # The cipher suites' IANA numbers: OpenSSL's ids carry them in their low 16 bits.
         self._cipher_ids = {
             cipher["name"]: cipher["id"] & 0xFFFF for cipher in context.get_ciphers()
         }
         self.server_cert = _first_certificate(certfile)
 
+    def replacing(self, current: TLSInfo | None) -> TLSInfo:
+        """This info, taking over from `current` (kept for handshakes under way); one level
+        only, so reloads do not pile contexts up."""
+        if current is not None:
+            current.previous = None
+        self.previous = current
+        return self
+
     def extension(self, ssl_object: Any) -> dict[str, Any]:
         """The `tls` extension's value for one connection (`ssl_object`: its SSLObject)."""
+        info = self
+        if ssl_object.context is not self.context and self.previous is not None:
+            info = self.previous
         chain = _client_chain(ssl_object)
         cipher = ssl_object.cipher()
         return {
-            "server_cert": self.server_cert,
+            "server_cert": info.server_cert,
             "client_cert_chain": chain,
             "client_cert_name": _subject_name(ssl_object.getpeercert()) if chain else None,
             # Python's ssl refuses a certificate it cannot verify during the handshake, so a
             # connection that got this far never has a verification error to report.
             "client_cert_error": None,
             "tls_version": TLS_VERSIONS.get(ssl_object.version() or ""),
-            "cipher_suite": self._cipher_ids.get(cipher[0]) if cipher else None,
+            "cipher_suite": info._cipher_ids.get(cipher[0]) if cipher else None,
         }
 
 

@@ -33,6 +33,7 @@ from aserve.importer import load_app
 from aserve.lifespan import LifespanFailure
 from aserve.logging import error_logger
 from aserve.server import Server, run
+from aserve.tls import TLSInfo
 
 # Message kinds on the channel: one byte, then a 4-byte length and that many bytes of text.
 READY = b"R"
@@ -248,6 +249,7 @@ def run_worker(
     request_limit: int | None,
     close_fds: list[int],
     balance: AcceptSlot | None = None,
+    tls: TLSInfo | None = None,
 ) -> None:
     """The body of a forked worker process. Never returns: the process exits here."""
     code = 1
@@ -262,6 +264,7 @@ def run_worker(
             request_limit,
             close_fds,
             balance,
+            tls,
         )
     except BaseException:  # never unwind into the supervisor's code that forked us
         with contextlib.suppress(Exception):
@@ -283,6 +286,7 @@ def _worker(
     request_limit: int | None,
     close_fds: list[int],
     balance: AcceptSlot | None,
+    tls: TLSInfo | None,
 ) -> int:
     signal.set_wakeup_fd(-1)
 
@@ -325,6 +329,7 @@ def _worker(
         server = WorkerServer(worker_config, channel, heartbeat_interval, startup_errors)
         server.worker = number  # its metrics port (--metrics-port + N - 1), kept across restarts
         server.accept_balance = balance
+        server.tls = tls  # loaded by the supervisor, the same in every worker
     except ConfigError as exc:
         channel.send_all(FAILED, _failure(startup_errors, str(exc)))
         return EXIT_STARTUP_FAILURE

@@ -47,6 +47,8 @@ async def app(scope, receive, send):
     elif path == "/grow":
         _hoard.append(b"x" * (64 * 1024 * 1024))
     body = str(os.getpid()).encode()
+    if path == "/server-cert":  # the certificate the `tls` extension reports (TLS reload tests)
+        body = scope["extensions"]["tls"]["server_cert"].encode()
     await send(
         {
             "type": "http.response.start",
