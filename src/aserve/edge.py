@@ -11,6 +11,7 @@ more often than an attack), never a traceback.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import socket
 import ssl
 from collections.abc import Callable
@@ -19,6 +20,7 @@ from typing import Any
 from aserve.logging import error_logger
 from aserve.protocols.proxy_protocol import ProxyHeaderError, read_header
 from aserve.proxy import TrustedProxies
+from aserve.tasks import start_task
 
 # How long a connection may take to send its PROXY protocol header when no deadline is given.
 # The server passes --timeout-request-header (see `Edge`).
@@ -77,8 +79,14 @@ class Edge:
         if self._ssl is None:
             # The PROXY header was read: the rest is a plain hand-over, which must not be
             # cancelled (see `Listener.close`) and ends within a loop turn.
+            # Started eagerly (as the listener's own hand-over is): no extra loop turn.
+            handover = start_task(
+                self._loop,
+                self._loop.connect_accepted_socket(make_protocol, sock),
+                contextvars.copy_context(),
+            )
             try:
-                await asyncio.shield(self._loop.connect_accepted_socket(make_protocol, sock))
+                await asyncio.shield(handover)
             except OSError as exc:
                 error_logger.debug("Could not set up a connection: %s", exc)
                 sock.close()
