@@ -23,6 +23,7 @@ import httpx
 import pytest
 
 from aserve import preload as preload_module
+from aserve import supervisor as supervisor_module
 from aserve.config import Config, ConfigError
 from aserve.supervisor import (
     REPLACE_RETRY,
@@ -384,6 +385,31 @@ def test_a_worker_stopped_while_starting_has_a_deadline_even_without_a_graceful_
     sup._enforce_deadlines(10.0 + STOP_SLACK)
     assert starting.killed and (101, signal.SIGKILL) in fake.signals
     assert not serving.killed and not late.killed
+
+
+def test_memory_checks_of_a_big_worker_are_spaced_by_what_they_cost(fake_supervisor, monkeypatch):
+    fake = fake_supervisor(limit_worker_memory=100)
+    sup = fake.sup
+    small = fake.worker(101, state="serving", last_beat=0.0)
+    big = fake.worker(102, state="serving", last_beat=0.0)
+    read = {101: (10 << 20, 0.0), 102: (90 << 20, 0.05)}  # big: 50 ms of page walk
+    checked: list[int] = []
+
+    def own_memory(pid, limit):
+        checked.append(pid)
+        return read[pid]
+
+    monkeypatch.setattr(supervisor_module, "own_memory_bytes", own_memory)
+    sup._check_memory(100, 10.0)
+    assert checked == [101, 102]
+    assert small.memory_check_at == 11.0  # every second
+    assert big.memory_check_at == 15.0  # 50 ms is 1% of 5 s
+    sup._check_memory(100, 11.0)
+    assert checked == [101, 102, 101]
+    read[102] = (120 << 20, 0.05)
+    sup._check_memory(100, 15.0)
+    assert big.retire is not None and "120 MB of its own memory (USS)" in big.retire
+    assert small.retire is None
 
 
 def test_timeout_worker_startup_is_validated_and_can_be_turned_off(monkeypatch):
