@@ -16,6 +16,7 @@ import sys
 import textwrap
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -216,7 +217,10 @@ def test_rss_of_this_process_is_read_from_proc():
 def test_own_memory_leaves_out_pages_shared_with_the_parent():
     shared = b"x" * (64 * 1024 * 1024)  # written before the fork: shared by both processes
     reader, writer = os.pipe()
-    pid = os.fork()
+    with warnings.catch_warnings():
+        # pytest's threads: the child only touches memory and sleeps, it takes no lock.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
     if pid == 0:
         os.close(reader)
         own = bytearray(32 * 1024 * 1024)  # written after: the child's own
