@@ -153,6 +153,11 @@ def test_sighup_gives_new_connections_the_new_certificate_and_keeps_bad_files_ou
 
         new = (der(issued["b"]), der(issued["b"]))
         wait_for(lambda: new_connection() == new, "the new certificate")
+        h2 = Client(issued, client.port)  # the reloaded context is made as the first: ALPN
+        h2.context.set_alpn_protocols(["h2", "http/1.1"])
+        with h2.connect() as sock:
+            assert sock.selected_alpn_protocol() == "h2"
+            assert sock.getpeercert(binary_form=True) == der(issued["b"])
         # The request under way ends on the connection it began on, with the old certificate.
         assert read_response(in_flight, timeout=15).startswith(b"HTTP/1.1 200 ")
         assert in_flight.getpeercert(binary_form=True) == der(issued["a"])
