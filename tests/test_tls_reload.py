@@ -89,7 +89,7 @@ def get(sock: ssl.SSLSocket, path: str) -> bytes:
     return response.partition(b"\r\n\r\n")[2]
 
 
-def start(files: Files, mode: str) -> AserveProcess:
+def start(files: Files, mode: str, *options: str) -> AserveProcess:
     """The server on `files`; `wait_for_port` waits for its "running on" line, which the
     supervisor writes once every worker is ready."""
     return AserveProcess(
@@ -106,6 +106,7 @@ def start(files: Files, mode: str) -> AserveProcess:
         "--ssl-keyfile-password",
         PASSWORD,
         *MODES[mode],
+        *options,
     )
 
 
@@ -220,6 +221,55 @@ def test_no_request_fails_while_the_certificate_is_reloaded(issued, tmp_path, mo
     finally:
         code = server.stop()
     assert code == 0, server.output
+
+
+@pytest.mark.once
+@pytest.mark.parametrize("mode", MODES)
+def test_sighup_reads_the_client_ca_certificates_again(issued, tmp_path, mode):
+    """--ssl-ca-certs (client certificates required) is read again too: after the CA file
+    names another CA, that CA's clients are let in and the old one's are refused; a CA file
+    that does not load keeps the one in use, with one error line."""
+    files = Files(tmp_path)
+    files.use(issued["a"])
+    old_clients, new_clients = trustme.CA(), trustme.CA()
+    ca_certs = tmp_path / "clients.pem"
+    old_clients.cert_pem.write_to_path(ca_certs)
+    server = start(files, mode, "--ssl-cert-reqs", "2", "--ssl-ca-certs", str(ca_certs))
+
+    def answered(ca: trustme.CA) -> bool:
+        """Whether a client with a certificate from `ca` gets an answer."""
+        client = Client(issued, port)
+        ca.issue_cert("client@example.org").configure_cert(client.context)
+        try:
+            with client.connect() as sock:  # TLS 1.3: a refusal arrives after the handshake
+                sock.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+                return read_response(sock, timeout=15).startswith(b"HTTP/1.1 200 ")
+        except (ssl.SSLError, OSError):
+            return False
+
+    def new_ca_only() -> bool:
+        return answered(new_clients) and not answered(old_clients)
+
+    try:
+        port = server.wait_for_port()
+        assert answered(old_clients) and not answered(new_clients)
+        new_clients.cert_pem.write_to_path(ca_certs)
+        reload(server, mode, "TLS certificate reloaded")
+
+        if mode == "one process":  # reloaded in place before the log line
+            assert new_ca_only()
+        else:  # an old worker may accept until it is told to drain (see `reload`)
+            wait_for(new_ca_only, "the new client CA")
+
+        ca_certs.write_text("not a certificate\n")
+        reload(server, mode, "TLS certificate not reloaded")
+        errors = [line for line in server.lines if "TLS certificate not reloaded" in line]
+        assert len(errors) == 1 and "ssl_ca_certs: cannot load" in errors[0], server.output
+        assert new_ca_only()
+    finally:
+        code = server.stop()
+    assert code == 0, server.output
+    assert "Traceback" not in server.output
 
 
 @pytest.mark.once
