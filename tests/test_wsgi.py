@@ -325,6 +325,22 @@ def test_a_list_of_one_gets_a_content_length_and_a_generator_is_chunked():
     assert many.text == "abc" and many.headers["transfer-encoding"] == "chunked"
 
 
+def test_the_reason_phrase_is_the_servers():
+    """A WSGI status line's text is the app's choice; what goes on the wire is the server's
+    reason phrase for the code, so an app cannot put odd text in the status line."""
+
+    def app(environ, start_response):
+        start_response(environ["QUERY_STRING"].replace("+", " "), [])
+        return [b"x"]
+
+    with serve(app, interface="wsgi") as server:
+        close = b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        fine = server.request(b"GET /?200+Fine" + close)
+        gone = server.request(b"GET /?404+Gone+Fishing" + close)
+    assert fine.startswith(b"HTTP/1.1 200 OK\r\n"), fine
+    assert gone.startswith(b"HTTP/1.1 404 Not Found\r\n"), gone
+
+
 def test_headers_go_out_with_the_first_non_empty_chunk():
     seen = Recorder()
 
@@ -542,6 +558,48 @@ def test_slow_reader_streaming_memory_is_bounded_and_disconnect_closes():
         seen.wait("closed")
     assert produced[0] < 4096  # the iteration stopped: the client left
     assert seen.values["closed on"].startswith("aserve-wsgi-")
+
+
+def test_http2_flow_control_holds_a_wsgi_response_back():
+    """Over HTTP/2 the brake is the stream's window: a client that grants no more window
+    holds the app's thread back (a bounded amount produced), and granting it lets the whole
+    response through."""
+    from test_http2 import connect
+
+    produced = [0]
+    chunk = b"x" * 16384
+    chunks = 256  # 4 MiB if nothing held it back
+
+    def app(environ, start_response):
+        start_response("200 OK", [])
+        for _ in range(chunks):
+            produced[0] += 1
+            yield chunk
+
+    with serve(app, interface="wsgi") as server:
+        client = connect(server, auto_window=False)
+        try:
+            stream = client.request("/")
+            client.wait(lambda: len(client.responses[stream].body) >= 65535)
+
+            def settled():  # no new chunk for a while: the thread waits for send()
+                before = produced[0]
+                time.sleep(0.3)
+                return produced[0] == before
+
+            wait_for(settled, "the app to be held back")
+            held = produced[0]
+            received = len(client.responses[stream].body)
+            client.conn.increment_flow_control_window(8 << 20)  # then the whole window
+            client.conn.increment_flow_control_window(8 << 20, stream)
+            client.flush()
+            response = client.response(stream, DEADLINE)
+        finally:
+            client.close()
+    assert received == 65535  # the initial window, and not a byte more
+    # The window, the transport's buffer and the thread's 64 KiB: far from the 4 MiB.
+    assert held * len(chunk) < 1024 * 1024, held
+    assert len(response.body) == chunks * len(chunk) and produced[0] == chunks
 
 
 def test_close_is_called_when_the_client_leaves_while_the_app_works():
@@ -1078,6 +1136,29 @@ def test_cli_serves_a_wsgi_app_from_two_workers():
         wait_for(both_answered, "both workers to answer")
     finally:
         assert server.stop() == 0, server.output
+
+
+@pytest.mark.once
+def test_wsgi_errors_reach_the_process_log_as_one_json_record():
+    """The real command with --log-format json: a traceback an app writes to wsgi.errors in
+    one call is one JSON line of the error log (stderr), at ERROR, from aserve.error."""
+    from apps.wsgi_apps import ERRORS_TEXT
+    from processes import AserveProcess
+
+    server = AserveProcess(
+        "wsgi_apps:app", "--app-dir", APPS, "--port", "0", "--log-format", "json", "--no-access-log"
+    )
+    try:
+        port = server.wait_for_port()
+        answer = httpx.get(f"http://127.0.0.1:{port}/errors", timeout=DEADLINE)
+        assert answer.status_code == 200 and answer.text.endswith(" /errors")
+        server.wait_until(lambda: "from the app" in server.output, "the wsgi.errors record")
+    finally:
+        assert server.stop() == 0, server.output
+    records = [json.loads(line) for line in server.lines]  # every line is one JSON object
+    (record,) = [r for r in records if "from the app" in r["message"]]
+    assert record["logger"] == "aserve.error" and record["level"] == "ERROR"
+    assert record["message"] == ERRORS_TEXT.rstrip("\n")
 
 
 @pytest.mark.once

@@ -4,9 +4,14 @@ import os
 import threading
 import time
 
+ERRORS_TEXT = 'Traceback (most recent call last):\n  File "view.py"\nValueError: from the app\n'
+
 
 def app(environ, start_response):
-    """Answers with the worker's pid and the thread that ran the call; /stuck never answers."""
+    """Answers with the worker's pid and the thread that ran the call; /stuck never answers,
+    /errors writes a traceback to wsgi.errors first."""
+    if environ["PATH_INFO"] == "/errors":
+        environ["wsgi.errors"].write(ERRORS_TEXT)
     if environ["PATH_INFO"] == "/stuck":
         with open(os.environ["ASERVE_TEST_STUCK_MARK"], "w") as mark:
             mark.write("in the call")
