@@ -358,6 +358,49 @@ def test_a_handshake_begun_before_a_certificate_reload_reports_its_own_certifica
     assert newer.previous is new
 
 
+def test_a_certificate_reload_calls_ssl_context_factory_again(ca, certs, tmp_path, caplog):
+    """An embedder's factory is called again on a reload (SIGHUP; `Server.reload_tls` here):
+    new connections get the context it returns now. A factory that raises, whatever it
+    raises, keeps the context in use with one error line, and the server serves on."""
+    other = ca.issue_cert("localhost", "127.0.0.1")
+    other.cert_chain_pems[0].write_to_path(tmp_path / "new.pem")
+    other.private_key_pem.write_to_path(tmp_path / "new.key")
+    chains = [
+        (str(certs["certfile"]), str(certs["keyfile"])),
+        (str(tmp_path / "new.pem"), str(tmp_path / "new.key")),
+        (str(tmp_path / "missing.pem"), None),  # a renewal half-copied
+    ]
+
+    def factory(config, default_factory):
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(*chains.pop(0))
+        return context
+
+    def certificate(server) -> str:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as raw:
+            context = client_context(certs)
+            with context.wrap_socket(raw, server_hostname="localhost") as sock:
+                return ssl.DER_cert_to_PEM_cert(sock.getpeercert(binary_form=True))
+
+    def same(pem: str, expected: str) -> bool:
+        return ssl.PEM_cert_to_DER_cert(pem) == ssl.PEM_cert_to_DER_cert(expected)
+
+    with serve(record, ssl_context_factory=factory) as server:
+        assert same(certificate(server), certs["server_pem"])
+        assert server.server.reload_tls()
+        assert same(certificate(server), other.cert_chain_pems[0].bytes().decode())
+        caplog.clear()
+        assert not server.server.reload_tls()
+        errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+        assert errors == [
+            "TLS certificate not reloaded, the one in use stays: ssl_context_factory raised "
+            "FileNotFoundError: [Errno 2] No such file or directory"
+        ]
+        assert same(certificate(server), other.cert_chain_pems[0].bytes().decode())
+        response = httpx.get(https_url(server), verify=client_context(certs))
+        assert response.text == "https"
+
+
 def test_error_answer_reaches_a_client_still_uploading_over_tls(loop_name, certs):
     # Lingering close without the half-close TLS cannot do: the 413 (and the large answer
     # before it, still in our send buffer) must reach a client that sends its body before it

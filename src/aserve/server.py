@@ -33,7 +33,7 @@ from aserve.protocols.http import HttpProtocol
 from aserve.proxy import parse_trusted
 from aserve.sockets import bind_sockets, describe, describe_listener, remove_unix_files
 from aserve.state import ServerState
-from aserve.tls import TLSInfo, load_tls
+from aserve.tls import TLSInfo, load_tls, reload_tls
 
 _TICK = 0.1  # how often the main loop looks at should_exit and refreshes the Date header
 
@@ -455,11 +455,10 @@ class Server:
         if edge is None or state is None or state.tls_info is None:
             return False
         try:
-            tls = load_tls(self.config)
+            tls = reload_tls(self.config)
         except ConfigError as exc:
             error_logger.error("TLS certificate not reloaded, the one in use stays: %s", exc)
             return False
-        assert tls is not None
         state.tls_info = tls.replacing(state.tls_info)
         edge.use_ssl_context(tls.context)
         error_logger.info("TLS certificate reloaded from %s", _source(self.config))

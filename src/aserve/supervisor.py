@@ -31,7 +31,7 @@ from aserve.logging import error_logger
 from aserve.preload import PreloadFailure, preload, sighup_note
 from aserve.server import loop_factory
 from aserve.sockets import bind_sockets, describe, describe_listener, remove_unix_files
-from aserve.tls import TLSInfo, load_tls
+from aserve.tls import TLSInfo, load_tls, reload_tls
 from aserve.worker import (
     FAILED,
     HEARTBEAT,
@@ -859,7 +859,7 @@ class Supervisor:
         if self.tls is None:
             return
         try:
-            tls = load_tls(self.config)
+            tls = reload_tls(self.config)
         except ConfigError as exc:
             error_logger.error(
                 "TLS certificate not reloaded, the new workers keep the one in use: %s", exc

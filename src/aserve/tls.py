@@ -1,7 +1,8 @@
 """TLS: the `ssl.SSLContext` built from the `--ssl-*` settings, and the ASGI `tls` extension.
 
 `load_tls` builds both, at start and on every certificate reload (SIGHUP: server.py,
-supervisor.py), so a context made for a reload is made exactly as the first one.
+supervisor.py, through `reload_tls`), so a context made for a reload is made exactly as the
+first one.
 
 Flag names and meanings are uvicorn's (`--ssl-cert-reqs` is `ssl.VerifyMode` as an int, 0 none,
 1 optional, 2 required; `--ssl-version` an `ssl.PROTOCOL_*` int). The cipher list defaults to
@@ -128,6 +129,26 @@ def load_tls(config: Config) -> TLSInfo | None:
     if context is None:
         return None
     return TLSInfo(context, config.ssl_certfile)
+
+
+def reload_tls(config: Config) -> TLSInfo:
+    """`load_tls` again, for a certificate reload (SIGHUP) of a server that serves TLS.
+
+    Every failure is a ConfigError, for the one error line that keeps the certificate in
+    use: an embedder's `ssl_context_factory` may raise anything (a renewal half-copied makes
+    its own `load_cert_chain` raise FileNotFoundError or SSLError), and a running server must
+    not stop on that.
+    """
+    try:
+        tls = load_tls(config)
+    except ConfigError:
+        raise
+    except Exception as exc:
+        source = "ssl_context_factory" if config.ssl_context_factory is not None else "TLS"
+        raise ConfigError(f"{source} raised {type(exc).__name__}: {exc}") from None
+    if tls is None:  # a factory cannot turn TLS off: only ssl_certfile's absence does
+        raise ConfigError("ssl_certfile is not set")
+    return tls
 
 
 def _load_certificate(
