@@ -28,7 +28,7 @@ import re
 from typing import TYPE_CHECKING, Any, Final
 
 from aserve.flow_control import READY, UNPAUSED, WriteFlow
-from aserve.logging import error_logger
+from aserve.logging import TRACE, error_logger
 from aserve.protocols.cycle import RequestCycle, build_scope, connection_parts
 from aserve.protocols.extensions import accepts_trailers
 from aserve.protocols.hpack import Decoder, HpackError, encode_field, encode_status
@@ -121,6 +121,25 @@ CONNECTION_WINDOW: Final = 16 * 1024 * 1024
 # How many stream ids we reset ourselves are remembered, so that frames the client sent
 # before it saw the reset are ignored rather than answered as errors.
 RESET_MEMORY: Final = 64
+# Defences against floods (docs/http2.md, "How each attack is answered"). Each is a token
+# bucket per connection: it holds up to BURST tokens and regains RATE a second; a frame of its
+# kind spends one, and an empty bucket ends the connection with GOAWAY ENHANCE_YOUR_CALM.
+# Stream resets: the client's RST_STREAM (rapid reset, CVE-2023-44487) and the resets its
+# frames make us send (MadeYouReset, CVE-2025-8671), together: nghttp2's stream reset limit.
+RESET_BURST: Final = 1000.0
+RESET_RATE: Final = 33.0
+# Frames that cost us an answer or work and carry no request ("glitches"): PING, SETTINGS,
+# PRIORITY, empty DATA, empty header block fragments, frames of unknown types, WINDOW_UPDATE
+# on a window already open or on a closed stream: nghttp2's glitch limit (its current defaults).
+GLITCH_BURST: Final = 10000.0
+GLITCH_RATE: Final = 330.0
+# Entries in one SETTINGS frame (nghttp2's bound, CVE-2020-11080), and CONTINUATION frames
+# after one HEADERS (nghttp2's bound, the CONTINUATION flood of 2024: CVE-2024-27316, -28182,
+# -27983, -31309), or more when --limit-request-head needs more frames of 16 KiB.
+MAX_SETTINGS: Final = 32
+MAX_CONTINUATIONS: Final = 8
+MAX_STREAM_ID: Final = 2**31 - 1
+
 # After the first GOAWAY of a graceful close (last stream id 2**31-1: "no new streams"), the
 # final one, with the real last stream id, follows the PING round trip or this many seconds.
 GOAWAY_GRACE: Final = 1.0
@@ -211,6 +230,7 @@ class Http2Stream(RequestCycle):
     WINDOW_UPDATE as the app consumes it."""
 
     __slots__ = (
+        "app_task",
         "body_read_at",
         "conn",
         "end_sent",
@@ -246,6 +266,9 @@ class Http2Stream(RequestCycle):
         self.body_read_at = 0.0
         self.started_at = 0.0
         self.task: asyncio.Task[Any] | None = None
+        # The app's Task while it runs on past `run_app`: a stream reset before it ends still
+        # counts against the concurrency limit (`Http2Protocol._hold`).
+        self.app_task: asyncio.Task[Any] | None = None
 
     # -- the contract's framing hooks ------------------------------------------------------
 
@@ -411,10 +434,13 @@ class Http2Protocol(asyncio.Protocol):
         "_blocked",
         "_buffer",
         "_closing",
+        "_continuation_limit",
         "_defaults_h1",
         "_defaults_h2",
         "_extensions",
         "_given_addresses",
+        "_glitch_at",
+        "_glitch_tokens",
         "_goaway",
         "_goaway_at",
         "_idle_since",
@@ -424,18 +450,25 @@ class Http2Protocol(asyncio.Protocol):
         "_lingering",
         "_out",
         "_out_size",
+        "_paused_at",
         "_preface_left",
         "_proxy",
+        "_reading_frames",
         "_recv_window",
+        "_reset_at",
         "_reset_ids",
+        "_reset_tokens",
         "_send_window",
+        "_settings_acked",
         "_settings_received",
+        "_settings_sent_at",
         "_starting",
         "_streams",
         "_timer",
         "_timer_at",
         "_upgrade_left",
         "_valid_fields",
+        "_zombies",
         "client",
         "closed",
         "decoder",
@@ -512,6 +545,20 @@ class Http2Protocol(asyncio.Protocol):
         self._linger_end = 0.0
         # Regular request fields already found valid on this connection (`_check_field`).
         self._valid_fields: dict[int, tuple[bytes, ...]] = {}
+        # The defences (see RESET_BURST and below): the two token buckets, the streams reset
+        # while their apps still run, the acknowledgement of our SETTINGS, when writing paused.
+        self._reset_tokens = RESET_BURST
+        self._reset_at = 0.0
+        self._glitch_tokens = GLITCH_BURST
+        self._glitch_at = 0.0
+        self._reading_frames = False  # the client's frames are being handled (`_reset_id`)
+        self._zombies = 0
+        self._settings_acked = False
+        self._settings_sent_at = 0.0
+        self._paused_at = 0.0
+        self._continuation_limit = max(
+            MAX_CONTINUATIONS, state.limit_request_head // DEFAULT_FRAME_SIZE + 2
+        )
 
     # -- asyncio callbacks -----------------------------------------------------------------
 
@@ -574,14 +621,20 @@ class Http2Protocol(asyncio.Protocol):
             flow = self.flow = WriteFlow(self.loop)
         flow.pause()
         # A client that does not read what we send gets nothing more read from it either:
-        # our answers to its frames (PING, SETTINGS, errors) cannot pile up in memory.
+        # our answers to its frames (PING, SETTINGS, errors) cannot pile up in memory. The
+        # streams' DATA waits on them (`send_data`), and a client that reads nothing for
+        # --timeout-request-body-idle is dropped (`_on_timer`).
         if not self.closed:
             self.transport.pause_reading()
+            self._paused_at = self.loop.time()
+            self._arm(self._paused_at + self.state.timeout_request_body_idle)
 
     def resume_writing(self) -> None:
         self.flow.resume()
         if not self.closed:
             self.transport.resume_reading()
+            if len(self._blocked) > 0:
+                self._send_blocked()
 
     def data_received(self, data: bytes) -> None:
         if self.closed:
@@ -593,7 +646,9 @@ class Http2Protocol(asyncio.Protocol):
             self._buffer = b""
         self.dispatching = True
         try:
+            self._reading_frames = True
             self._frames(data)
+            self._reading_frames = False
             if self._starting is not None:
                 self._start_streams()
         except H2ConnectionError as exc:
@@ -601,8 +656,54 @@ class Http2Protocol(asyncio.Protocol):
         except HpackError as hpack_error:
             self._connection_error(COMPRESSION_ERROR, f"header block: {hpack_error}")
         finally:
+            self._reading_frames = False
             self.dispatching = False
             self._flush()
+
+    # -- defences (see RESET_BURST and below) ----------------------------------------------
+
+    def _spend_reset(self, what: str) -> None:
+        """A stream reset, the client's or one its frames made us send: a token of the reset
+        bucket, or the end of the connection once it is empty."""
+        now = self.loop.time()
+        tokens = self._reset_tokens + (now - self._reset_at) * RESET_RATE
+        self._reset_at = now
+        if tokens > RESET_BURST:
+            tokens = RESET_BURST
+        if tokens < 1.0:
+            raise H2ConnectionError(ENHANCE_YOUR_CALM, f"too many stream resets ({what})")
+        self._reset_tokens = tokens - 1.0
+
+    def _glitch(self, what: str) -> None:
+        """A frame that costs work and carries no request: a token of the glitch bucket, or
+        the end of the connection once it is empty."""
+        now = self.loop.time()
+        tokens = self._glitch_tokens + (now - self._glitch_at) * GLITCH_RATE
+        self._glitch_at = now
+        if tokens > GLITCH_BURST:
+            tokens = GLITCH_BURST
+        if tokens < 1.0:
+            raise H2ConnectionError(ENHANCE_YOUR_CALM, f"flood of {what}")
+        self._glitch_tokens = tokens - 1.0
+
+    def _hold(self, stream: Http2Stream) -> None:
+        """A stream closed by a reset, either way, whose app still runs: it counts against
+        the concurrency limit until the app's Task ends, so resetting streams does not let a
+        client run more apps at once than SETTINGS_MAX_CONCURRENT_STREAMS (rapid reset)."""
+        task = stream.app_task
+        if task is not None:
+            stream.app_task = None
+            if not task_done(task):
+                self._zombies += 1
+                task.add_done_callback(self._zombie_done)
+
+    def _zombie_done(self, task: asyncio.Task[Any]) -> None:
+        self._zombies -= 1
+
+    def _idle(self, stream_id: int) -> bool:
+        """Is the stream idle, never opened? Ids above the last the client opened, and every
+        even id: those are the server's, and aserve pushes nothing (RFC 9113, 5.1.1)."""
+        return stream_id > self._last_stream_id or not stream_id & 1
 
     # -- reading frames --------------------------------------------------------------------
 
@@ -667,7 +768,9 @@ class Http2Protocol(asyncio.Protocol):
                 self._on_goaway(data, start, stop, stream_id)
             elif kind == PUSH_PROMISE:
                 raise H2ConnectionError(PROTOCOL_ERROR, "PUSH_PROMISE from a client")
-            # Frames of unknown types are ignored (RFC 9113, 5.5).
+            else:
+                # Frames of unknown types are ignored (RFC 9113, 5.5), within the glitch bound.
+                self._glitch("frames of unknown types")
             if self.closed:
                 return
         if i < end:
@@ -713,6 +816,8 @@ class Http2Protocol(asyncio.Protocol):
         if flags & END_HEADERS:
             self._on_header_block(stream_id, flags, data[start:stop])
         else:
+            if stop == start:
+                self._glitch("empty HEADERS frames")
             self._begin_block(data[start:stop], stream_id, flags)
 
     def _begin_block(self, fragment: bytes, stream_id: int, flags: int) -> None:
@@ -735,6 +840,11 @@ class Http2Protocol(asyncio.Protocol):
         if self._block_size > self.state.limit_request_head + self.max_frame_size:
             # Decoding it is the only way to keep the HPACK table in step, and we will not.
             raise H2ConnectionError(ENHANCE_YOUR_CALM, "header block too large")
+        if len(block) > self._continuation_limit + 1:  # (the HEADERS frame's fragment first)
+            # Empty or tiny CONTINUATION frames would never reach the size bound.
+            raise H2ConnectionError(ENHANCE_YOUR_CALM, "too many CONTINUATION frames")
+        if stop == start and not flags & END_HEADERS:
+            self._glitch("empty CONTINUATION frames")
         if flags & END_HEADERS:
             self._block = None
             fragment = b"".join(block)
@@ -756,7 +866,7 @@ class Http2Protocol(asyncio.Protocol):
         self._last_stream_id = stream_id
         if self._goaway == 2:
             return  # after the final GOAWAY: not processed, as it said (RFC 9113, 6.8)
-        if len(self._streams) >= self.max_concurrent_streams:
+        if len(self._streams) + self._zombies >= self.max_concurrent_streams:
             self._reset_id(stream_id, REFUSED_STREAM)
             return
         end_stream = bool(flags & END_STREAM)
@@ -766,11 +876,13 @@ class Http2Protocol(asyncio.Protocol):
         try:
             stream = self._open_stream(stream_id, fields, end_stream)
         except StreamRejected as exc:
-            error_logger.debug("Malformed HTTP/2 request: %s", exc)
+            # At TRACE: a client may repeat these at will, the connection error is the line
+            # that stands for a connection (`_connection_error`).
+            error_logger.log(TRACE, "Malformed HTTP/2 request: %s", exc)
             self._reset_id(stream_id, PROTOCOL_ERROR)
             return
         except RequestRejected as rejected:
-            error_logger.debug("Invalid HTTP/2 request (%d): %s", rejected.status, rejected)
+            error_logger.log(TRACE, "Invalid HTTP/2 request (%d): %s", rejected.status, rejected)
             self._refuse(stream_id, rejected.status, str(rejected), end_stream)
             return
         # Its app starts once the read's frames are handled: a body in the same read (a
@@ -780,6 +892,10 @@ class Http2Protocol(asyncio.Protocol):
             self._starting = [stream]
         else:
             starting.append(stream)
+        if stream_id == MAX_STREAM_ID:
+            # The client has no stream id left: it finishes here and goes on on a new
+            # connection (RFC 9113, 5.1.1), which the GOAWAY tells it at once.
+            self.shutdown()
 
     def _open_stream(
         self, stream_id: int, fields: list[tuple[bytes, ...]], end_stream: bool
@@ -966,14 +1082,16 @@ class Http2Protocol(asyncio.Protocol):
     def _run(self, stream: Http2Stream) -> None:
         """Call the stream's app (eagerly: a request that needs no I/O is answered here)."""
         task = stream.run_app()
-        if task is not None and not stream.complete:
-            timeout = self.state.timeout_request
-            if timeout is not None and not stream.started:
-                stream.task = task
-                stream.started_at = self.loop.time()
-                self._arm(stream.started_at + timeout)
-            if stream.started and not stream.head_written and not stream.disconnected:
-                stream.flush_head()  # the app paused between start and body
+        if task is not None:
+            stream.app_task = task  # (see `_hold`)
+            if not stream.complete:
+                timeout = self.state.timeout_request
+                if timeout is not None and not stream.started:
+                    stream.task = task
+                    stream.started_at = self.loop.time()
+                    self._arm(stream.started_at + timeout)
+                if stream.started and not stream.head_written and not stream.disconnected:
+                    stream.flush_head()  # the app paused between start and body
 
     def _on_trailers(
         self, stream: Http2Stream, flags: int, fields: list[tuple[bytes, ...]] | None
@@ -1013,9 +1131,11 @@ class Http2Protocol(asyncio.Protocol):
             self.send_window_update(0, CONNECTION_WINDOW - self._recv_window)
             self._recv_window = CONNECTION_WINDOW
         start, stop = self._payload(data, start, stop, flags)
+        if stop == start and not flags & END_STREAM:
+            self._glitch("empty DATA frames")
         stream = self._streams.get(stream_id)
         if stream is None:
-            if stream_id > self._last_stream_id:
+            if self._idle(stream_id):
                 raise H2ConnectionError(PROTOCOL_ERROR, "DATA on an idle stream")
             if stream_id not in self._reset_ids:
                 self._reset_id(stream_id, STREAM_CLOSED)
@@ -1065,6 +1185,10 @@ class Http2Protocol(asyncio.Protocol):
         if stream_id == 0:
             if increment == 0:
                 raise H2ConnectionError(PROTOCOL_ERROR, "WINDOW_UPDATE of 0")
+            if self._send_window >= DEFAULT_WINDOW:
+                # Not the return of what we sent: once per connection from most clients (a
+                # larger window than the default), at will from a flood.
+                self._glitch("WINDOW_UPDATE frames")
             self._send_window += increment
             if self._send_window > MAX_WINDOW:
                 raise H2ConnectionError(FLOW_CONTROL_ERROR, "connection window above 2**31-1")
@@ -1072,14 +1196,17 @@ class Http2Protocol(asyncio.Protocol):
             return
         stream = self._streams.get(stream_id)
         if stream is None:
-            if stream_id > self._last_stream_id:
+            if self._idle(stream_id):
                 raise H2ConnectionError(PROTOCOL_ERROR, "WINDOW_UPDATE on an idle stream")
+            self._glitch("WINDOW_UPDATE frames")
             if increment == 0 and stream_id not in self._reset_ids:
                 self._reset_id(stream_id, PROTOCOL_ERROR)
             return  # a closed stream: the client may not have known yet
         if increment == 0:
             self._reset(stream, PROTOCOL_ERROR)
             return
+        if stream.send_window >= self.peer_initial_window:
+            self._glitch("WINDOW_UPDATE frames")
         stream.send_window += increment
         if stream.send_window > MAX_WINDOW:
             self._reset(stream, FLOW_CONTROL_ERROR)
@@ -1094,9 +1221,15 @@ class Http2Protocol(asyncio.Protocol):
         if flags & ACK:
             if length != 0:
                 raise H2ConnectionError(FRAME_SIZE_ERROR, "SETTINGS acknowledgement with a payload")
+            if self._settings_acked:
+                self._glitch("SETTINGS frames")  # we sent one SETTINGS frame, acknowledged
+            self._settings_acked = True
             return
         if length % 6 != 0:
             raise H2ConnectionError(FRAME_SIZE_ERROR, "SETTINGS of a wrong size")
+        if length > MAX_SETTINGS * 6:
+            raise H2ConnectionError(ENHANCE_YOUR_CALM, "too many entries in one SETTINGS frame")
+        self._glitch("SETTINGS frames")
         self._apply_settings(data, start, stop)
         self.write(_SETTINGS_ACK)
 
@@ -1132,11 +1265,13 @@ class Http2Protocol(asyncio.Protocol):
             raise H2ConnectionError(FRAME_SIZE_ERROR, "RST_STREAM of a wrong size")
         if stream_id == 0:
             raise H2ConnectionError(PROTOCOL_ERROR, "RST_STREAM on stream 0")
-        if stream_id > self._last_stream_id:
+        if self._idle(stream_id):
             raise H2ConnectionError(PROTOCOL_ERROR, "RST_STREAM on an idle stream")
+        self._spend_reset("RST_STREAM")
         stream = self._streams.get(stream_id)
         if stream is not None:
             self._forget(stream)
+            self._hold(stream)
             stream.lose_connection()
             stream.wake_sender()
         elif stream_id in self._reset_ids:
@@ -1152,27 +1287,32 @@ class Http2Protocol(asyncio.Protocol):
         if flags & ACK:
             if data[start:stop] == _GOAWAY_PING and self._goaway == 1:
                 self._final_goaway()
+            else:
+                self._glitch("PING acknowledgements")  # of a PING we never sent
             return
+        self._glitch("PING frames")
         self.write(b"\x00\x00\x08\x06\x01\x00\x00\x00\x00" + data[start:stop])
 
     def _on_priority(self, data: bytes, start: int, stop: int, stream_id: int) -> None:
         if stream_id == 0:
             raise H2ConnectionError(PROTOCOL_ERROR, "PRIORITY on stream 0")
+        self._glitch("PRIORITY frames")
+        code = 0
         if stop - start != 5:
-            self._reset_id(stream_id, FRAME_SIZE_ERROR)
-            return
-        depends = (
+            code = FRAME_SIZE_ERROR
+        elif (
             ((data[start] & 0x7F) << 24)
             | (data[start + 1] << 16)
             | (data[start + 2] << 8)
             | data[start + 3]
-        )
-        if depends == stream_id:
+        ) == stream_id:
+            code = PROTOCOL_ERROR  # a stream depending on itself
+        if code != 0:
             stream = self._streams.get(stream_id)
             if stream is not None:
-                self._reset(stream, PROTOCOL_ERROR)
+                self._reset(stream, code)  # its app sees the request end
             else:
-                self._reset_id(stream_id, PROTOCOL_ERROR)
+                self._reset_id(stream_id, code)
         # Priorities are otherwise advice we do not follow (RFC 9113 deprecates them).
 
     def _on_goaway(self, data: bytes, start: int, stop: int, stream_id: int) -> None:
@@ -1245,6 +1385,9 @@ class Http2Protocol(asyncio.Protocol):
         self.write(frame_header(len(payload), SETTINGS, 0, 0) + payload)
         self.send_window_update(0, CONNECTION_WINDOW - DEFAULT_WINDOW)
         self._recv_window = CONNECTION_WINDOW
+        # Their acknowledgement is due within --timeout-request-header (`_on_timer`).
+        self._settings_sent_at = self.loop.time()
+        self._arm(self._settings_sent_at + self.state.timeout_request_header)
 
     def send_headers(self, stream_id: int, block: bytes, end_stream: bool) -> None:
         flags = END_STREAM if end_stream else 0
@@ -1271,7 +1414,7 @@ class Http2Protocol(asyncio.Protocol):
             return
         size = len(data)
         window = min(stream.send_window, self._send_window)
-        if size <= window and size <= self.peer_max_frame_size:
+        if size <= window and size <= self.peer_max_frame_size and not self.flow.paused:
             stream.send_window -= size
             self._send_window -= size
             self.write(
@@ -1294,6 +1437,8 @@ class Http2Protocol(asyncio.Protocol):
         how many bytes went."""
         size = len(data)
         sent = 0
+        if self.flow.paused:
+            return sent  # the socket is full: held like data the windows hold
         max_size = self.peer_max_frame_size
         parts: list[bytes] = []
         while sent < size:
@@ -1313,7 +1458,7 @@ class Http2Protocol(asyncio.Protocol):
         were held, and wake the senders whose bytes all left."""
         blocked = self._blocked
         index = 0
-        while index < len(blocked) and self._send_window > 0:
+        while index < len(blocked) and self._send_window > 0 and not self.flow.paused:
             stream = blocked[index]
             pending = stream.pending
             if pending is None or stream.disconnected:
@@ -1384,12 +1529,17 @@ class Http2Protocol(asyncio.Protocol):
     def _reset(self, stream: Http2Stream, code: int) -> None:
         """A stream error: RST_STREAM, and the app sees the request end (`http.disconnect`)."""
         self._forget(stream)
+        self._hold(stream)
         stream.pending = None
         stream.lose_connection()
         stream.wake_sender()
         self._reset_id(stream.stream_id, code)
 
     def _reset_id(self, stream_id: int, code: int) -> None:
+        if self._reading_frames:
+            # Made by the client's frames (not by an app's abort or a deadline): MadeYouReset
+            # sends frames that each make the server reset a stream whose app then runs on.
+            self._spend_reset("streams its frames made us reset")
         self.write(frame_header(4, RST_STREAM, 0, stream_id) + code.to_bytes(4, "big"))
         reset = self._reset_ids
         reset.append(stream_id)
@@ -1417,9 +1567,10 @@ class Http2Protocol(asyncio.Protocol):
     def _request_error(self, stream: Http2Stream, status: int, reason: str) -> None:
         """A request found wrong while its app runs (its body too large, too slow): the error
         answers it if no response has started, and the app sees the request end."""
-        error_logger.debug("Invalid HTTP/2 request (%d): %s", status, reason)
+        error_logger.log(TRACE, "Invalid HTTP/2 request (%d): %s", status, reason)
         if not stream.started and not stream.complete:
             self._forget(stream)
+            self._hold(stream)
             stream.lose_connection()
             stream.wake_sender()
             self._refuse(stream.stream_id, status, reason, stream.remote_closed)
@@ -1490,13 +1641,29 @@ class Http2Protocol(asyncio.Protocol):
         error_logger.debug(
             "HTTP/2 connection error (%s) from %s: %s",
             ERROR_NAMES.get(code, str(code)),
-            f"{self.client[0]}:{self.client[1]}" if self.client else "a Unix socket",
+            self._peer(),
             reason,
         )
         self._goaway = 2
         self.write(self._goaway_frame(code, reason.encode("ascii", "replace")))
         self._close()
         self._lose_streams()
+
+    def _drop(self, reason: str) -> None:
+        """End a connection that does not read what we send: at once, what waits unsent
+        discarded (a GOAWAY would never be read, and a close would wait for it), one log
+        line. Every stream's app sees its request end."""
+        if self.closed:
+            return
+        error_logger.debug("HTTP/2 connection dropped from %s: %s", self._peer(), reason)
+        self.closed = True
+        self._out = None
+        self.transport.abort()
+        self._lose_streams()
+
+    def _peer(self) -> str:
+        client = self.client
+        return f"{client[0]}:{client[1]}" if client else "a Unix socket"
 
     def _goaway_frame(self, code: int, debug: bytes = b"") -> bytes:
         payload = self._last_stream_id.to_bytes(4, "big") + code.to_bytes(4, "big") + debug
@@ -1559,8 +1726,16 @@ class Http2Protocol(asyncio.Protocol):
         A connection with no stream open gets the final GOAWAY at once: a request that
         crosses it on the wire has a higher id, which tells the client it was not processed
         and may be retried elsewhere. One with streams open gets the two-step GOAWAY of
-        `_start_goaway`, which admits the requests already on their way.
+        `_start_goaway`, which admits the requests already on their way. A connection
+        lingering after its last frame (`_close`) closes now, as HTTP/1.1's does.
         """
+        if self._lingering:
+            transport = self.transport
+            if transport.get_write_buffer_size() > 0:
+                transport.abort()  # a client that does not read: close() would wait for it
+            else:
+                transport.close()
+            return
         if self._goaway == 0:
             if len(self._streams) == 0 and self._block is None:
                 self._final_goaway()
@@ -1593,6 +1768,11 @@ class Http2Protocol(asyncio.Protocol):
                   window was open: 408, or RST_STREAM once a response started
         request   --timeout-request since a stream's app was called, without a response
         goaway    the final GOAWAY of a graceful close, if the PING was not answered
+        settings  our SETTINGS not acknowledged within --timeout-request-header: GOAWAY
+                  SETTINGS_TIMEOUT
+        stalled   the socket took none of our bytes (writing stayed paused) for
+                  --timeout-request-body-idle: the connection is dropped, what it holds
+                  unsent discarded
         """
         self._timer = None
         if self.closed:
@@ -1600,7 +1780,11 @@ class Http2Protocol(asyncio.Protocol):
                 now = self.loop.time()
                 deadline = min(self._linger_read_at + LINGER_TIMEOUT, self._linger_end)
                 if now >= deadline:
-                    self.transport.close()
+                    transport = self.transport
+                    if transport.get_write_buffer_size() > 0:
+                        transport.abort()  # a client that does not read: close() would wait
+                    else:
+                        transport.close()
                 else:
                     self._arm(deadline)
             return
@@ -1619,6 +1803,19 @@ class Http2Protocol(asyncio.Protocol):
             at = self._block_started + state.timeout_request_header
             if now >= at:
                 self._connection_error(PROTOCOL_ERROR, "the header block did not arrive in time")
+                self._flush()
+                return
+            deadline = min(deadline, at)
+        if self.flow.paused:
+            at = self._paused_at + state.timeout_request_body_idle
+            if now >= at:
+                self._drop(f"it read nothing of ours for {state.timeout_request_body_idle}s")
+                return
+            deadline = min(deadline, at)
+        if not self._settings_acked:
+            at = self._settings_sent_at + state.timeout_request_header
+            if now >= at:
+                self._connection_error(SETTINGS_TIMEOUT, "our SETTINGS were not acknowledged")
                 self._flush()
                 return
             deadline = min(deadline, at)
