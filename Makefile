@@ -124,15 +124,18 @@ autobahn: $(VENV)/.installed-dev
 h2spec: $(VENV)/.installed-dev
 	$(VENV)/bin/python tests/h2spec/run.py $(H2SPEC_ARGS)
 
-# Coverage-guided fuzzing of the request path (atheris, libFuzzer) for FUZZ_SECONDS; not part
-# of make test. Inputs that break a property are saved as crash-* in .fuzz/. The hot path runs
-# as Python source so that atheris sees its coverage (ASERVE_NO_EXTENSIONS=0: the compiled one).
+# Coverage-guided fuzzing (atheris, libFuzzer) of the HTTP/1.1 request path, then of the HTTP/2
+# frame layer, for FUZZ_SECONDS each; not part of make test. Inputs that break a property are
+# saved as crash-* in .fuzz/. The hot path runs as Python source so that atheris sees its
+# coverage (ASERVE_NO_EXTENSIONS=0: the compiled one).
 FUZZ_SECONDS ?= 60
 fuzz: $(VENV)/.installed-dev
 	$(PIP) install -q atheris
-	mkdir -p .fuzz/corpus
+	mkdir -p .fuzz/corpus .fuzz/corpus-h2
 	cd .fuzz && ASERVE_NO_EXTENSIONS=$${ASERVE_NO_EXTENSIONS-1} ../$(VENV)/bin/python \
 		../tests/fuzz/fuzz_requests.py -max_total_time=$(FUZZ_SECONDS) corpus
+	cd .fuzz && ASERVE_NO_EXTENSIONS=$${ASERVE_NO_EXTENSIONS-1} ../$(VENV)/bin/python \
+		../tests/fuzz/fuzz_http2.py -max_total_time=$(FUZZ_SECONDS) corpus-h2
 
 clean:
 	rm -rf $(VENV) .venv311 .venv-3.* site build src/*.egg-info .pytest_cache .ruff_cache
