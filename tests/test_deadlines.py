@@ -253,7 +253,7 @@ def test_error_answer_and_earlier_answers_reach_a_client_still_uploading(loop_na
             first, _, rest = data.partition(b"\r\n\r\n")
             assert first.startswith(b"HTTP/1.1 200 "), data[:200]
             assert rest[: len(BIG)] == BIG, (len(data), data[-200:])
-            assert rest[len(BIG) :].startswith(b"HTTP/1.1 413 "), data[-300:]
+            assert rest[len(BIG) :].startswith(b"HTTP/1.1 413 Content Too Large\r\n"), data[-300:]
             assert rest.endswith(b"request body too large.\n"), data[-200:]  # then a clean EOF
 
 
@@ -303,6 +303,63 @@ def test_lingering_ends_at_its_cap_for_a_client_that_keeps_sending():
                     break
         elapsed = time.monotonic() - start
     assert 7 < elapsed < 25  # LINGER_TIME (10 s) from the answer
+
+
+def _drip_until_closed(server, sock, limit: float = 30) -> float:
+    """Send a byte every 0.2 s until the server holds no connection: the seconds it took."""
+    start = time.monotonic()
+    while not server.server.state.connections:  # accepted in the server's thread
+        assert time.monotonic() - start < 10, "the connection never arrived"
+        time.sleep(0.005)
+    with contextlib.suppress(OSError):
+        while time.monotonic() - start < limit and server.server.state.connections:
+            sock.sendall(b"v")
+            time.sleep(0.2)
+    return time.monotonic() - start
+
+
+def test_a_late_head_closes_at_its_deadline_however_the_client_drips():
+    # The 408 goes out and the connection closes at once: a client that keeps sending bytes of
+    # its head used to hold it LINGER_TIME (10 s) past a 1 s deadline.
+    with serve(ok, timeout_request_header=1.0) as server, server.connect(10) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nX: ")
+        elapsed = _drip_until_closed(server, sock)
+        data = read_until_close(sock, 5)
+    assert 0.8 < elapsed < 5, elapsed
+    assert data.startswith(b"HTTP/1.1 408 Request Timeout\r\n"), data
+
+
+def test_a_late_pipelined_head_closes_at_its_deadline_however_the_client_drips():
+    # The same for a head begun behind an answered request: 200, 408, closed.
+    with serve(ok, timeout_request_header=1.0) as server, server.connect(10) as sock:
+        sock.sendall(HEAD + b"GET /next HTTP/1.1\r\nHo")
+        elapsed = _drip_until_closed(server, sock)
+        data = read_until_close(sock, 5)
+    assert 0.8 < elapsed < 5, elapsed
+    assert data.startswith(b"HTTP/1.1 200 "), data
+    assert b"HTTP/1.1 408 Request Timeout\r\n" in data, data
+
+
+async def slow(scope, receive, send):
+    await asyncio.sleep(30)
+
+
+@pytest.mark.parametrize(
+    ("app", "options", "status"),
+    [
+        (read_body, {"timeout_request_body_idle": 1.0}, 408),
+        (slow, {"timeout_request": 1.0}, 503),
+    ],
+    ids=["body-idle", "request"],
+)
+def test_lingering_after_a_deadline_ends_with_that_deadline(app, options, status):
+    # The answer a deadline forced, while the client may still send its body: lingering lets
+    # it read the answer, but no longer than that deadline (1 s here), not LINGER_TIME (10 s).
+    with serve(app, **options) as server, server.connect(10) as sock:
+        sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n" + b"x" * 10)
+        assert read_response(sock, 10).startswith(b"HTTP/1.1 %d " % status)
+        elapsed = _drip_until_closed(server, sock)
+    assert elapsed < 5, elapsed
 
 
 def test_graceful_shutdown_does_not_wait_for_a_lingering_connection():

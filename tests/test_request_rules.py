@@ -8,9 +8,10 @@ import socket
 import pytest
 
 from conftest import read_until_close, serve
-from memory import exchange, splits
+from memory import cut, exchange, splits
 
 HOST = b"Host: example.com\r\n"
+CHUNKED = b"Transfer-Encoding: chunked\r\n"
 
 
 def post(headers: bytes, body: bytes = b"", version: bytes = b"1.1") -> bytes:
@@ -50,8 +51,28 @@ REFUSED = {
         post(b"Transfer-Encoding: gzip, chunked\r\n", b"0\r\n\r\n"),
         501,
     ),
+    "deflate before chunked": (post(b"Transfer-Encoding: deflate,chunked\r\n", b"0\r\n\r\n"), 501),
+    "deflate, chunked": (post(b"Transfer-Encoding: deflate, chunked\r\n", b"0\r\n\r\n"), 501),
+    "gzip and chunked in two fields": (
+        post(b"Transfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n", b"0\r\n\r\n"),
+        501,
+    ),
+    "deflate and chunked in two fields": (
+        post(b"Transfer-Encoding: deflate\r\nTransfer-Encoding: chunked\r\n", b"0\r\n\r\n"),
+        501,
+    ),
     "chunked in HTTP/1.0": (post(b"Transfer-Encoding: chunked\r\n", b"0\r\n\r\n", b"1.0"), 400),
     "bad chunk size": (post(b"Transfer-Encoding: chunked\r\n", b"zz\r\n"), 400),
+    # A chunk-size line ends with CRLF and nothing else (RFC 9112, 7.1).
+    "bare CR after the chunk size": (post(CHUNKED, b"3\rabc\r\n0\r\n\r\n"), 400),
+    "bare LF after the chunk size": (post(CHUNKED, b"3\nabc\r\n0\r\n\r\n"), 400),
+    "space after the chunk size": (post(CHUNKED, b"3 \r\nabc\r\n0\r\n\r\n"), 400),
+    "CR CR LF after the chunk size": (post(CHUNKED, b"3\r\r\nabc\r\n0\r\n\r\n"), 400),
+    "a byte after the chunk size": (post(CHUNKED, b"3x\r\nabc\r\n0\r\n\r\n"), 400),
+    "bare CR after a chunk extension": (post(CHUNKED, b"3;a=b\rabc\r\n0\r\n\r\n"), 400),
+    "bare CR inside a chunk extension": (post(CHUNKED, b"3;a=b\rc\r\nabc\r\n0\r\n\r\n"), 400),
+    "bare CR after the chunk data": (post(CHUNKED, b"3\r\nabc\r0\r\n\r\n"), 400),
+    "bare CR after the last chunk": (post(CHUNKED, b"3\r\nabc\r\n0\r\r\n"), 400),
     # Field syntax (RFC 9112, 5).
     "obs-fold": (get(headers=HOST + b"X: a\r\n b\r\n"), 400),
     "whitespace before colon": (get(headers=HOST + b"X : a\r\n"), 400),
@@ -73,6 +94,10 @@ REFUSED = {
     "HTTP/0.9 version": (get(b"/ HTTP/0.9"), 505),
     "version in lowercase": (get(b"/ http/1.1"), 400),
     "space after version": (get(b"/ HTTP/1.1 "), 400),
+    # Single spaces only between method, target and version (RFC 9112, 3).
+    "two spaces after the method": (get(b" / HTTP/1.1"), 400),
+    "two spaces before the version": (get(b"/  HTTP/1.1"), 400),
+    "spaces around the target": (get(b"   /a   HTTP/1.1"), 400),
     "control character in target": (get(b"/a\x01b HTTP/1.1"), 400),
     "non-ASCII target": (get(b"/caf\xc3\xa9 HTTP/1.1"), 400),
     "fragment in target": (get(b"/a#b HTTP/1.1"), 400),
@@ -114,6 +139,7 @@ SERVED = {
 # Errors in a body: the app may have been called with the head; it still gets no answer out.
 IN_BODY = {"bad chunk size", "chunked body over the body limit", "too many trailer fields"}
 IN_BODY |= {"trailer field too large"}
+IN_BODY |= {name for name in REFUSED if "chunk" in name and ("bare" in name or "after" in name)}
 
 
 @pytest.mark.parametrize("name", list(REFUSED))
@@ -157,7 +183,15 @@ async def test_served_once_in_every_split(name):
         assert not outcome.closed, pieces
 
 
-@pytest.mark.parametrize("name", ["missing Host", "unsupported coding before chunked", "obs-fold"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "missing Host",
+        "unsupported coding before chunked",
+        "obs-fold",
+        "two spaces before the version",
+    ],
+)
 async def test_a_valid_request_before_a_refused_one_is_answered_first(name):
     bad, status = REFUSED[name]
     good = get(b"/first HTTP/1.1")
@@ -175,6 +209,46 @@ async def test_nothing_after_an_error_is_served():
             outcome = await exchange(pieces)
             assert len(outcome.statuses) == 1 and outcome.calls == [], (pieces, outcome.data)
             assert b"/smuggled" not in outcome.data
+
+
+# Requests one after the other in a read, as a client that pipelines sends them: one without a
+# body, a Content-Length body that ends in a byte other than LF, a blank line, a chunked body
+# with an extension and a trailer, then a target as long as a short request. Where one ends and
+# the next begins is worked out from the bytes (httptools does not say): each later request
+# line is checked where it really is.
+PIPELINE = (
+    get(b"/a HTTP/1.1")
+    + post(b"Content-Length: 5\r\n", b"12345")
+    + b"\r\n"
+    + post(CHUNKED, b"3;x=1\r\nabc\r\n0\r\nT: v\r\n\r\n")
+    + get(b"/" + b"b" * 40 + b"?q=1 HTTP/1.1")
+)
+
+
+async def test_pipelined_requests_are_served_in_every_split():
+    for pieces in splits(PIPELINE):
+        outcome = await exchange(pieces)
+        assert outcome.statuses == [200, 200, 200, 200], (pieces, outcome.data[-300:])
+        assert outcome.answered == ["/a", "/p", "/p", "/" + "b" * 40], pieces
+        assert outcome.bodies == [b"", b"12345", b"abc", b""]
+        assert not outcome.closed
+
+
+@pytest.mark.parametrize(
+    "before",
+    [
+        get(b"/a HTTP/1.1"),
+        post(b"Content-Length: 5\r\n", b"12345"),
+        post(CHUNKED, b"3;x=1\r\nabc\r\n0\r\n\r\n") + b"\r\n",
+    ],
+    ids=["after-a-bodiless-request", "after-a-body", "after-chunks-and-a-blank-line"],
+)
+async def test_a_request_line_with_two_spaces_is_refused_behind_others(before):
+    for pieces in splits(before + get(b"/b  HTTP/1.1")):
+        outcome = await exchange(pieces)
+        assert outcome.statuses == [200, 400], (pieces, outcome.data[-300:])
+        assert b"more than one space in the request line" in outcome.data
+        assert outcome.closed
 
 
 async def test_trailers_are_not_headers_of_the_next_request():
@@ -250,6 +324,20 @@ LIMITED_REFUSED = {
         post(b"Transfer-Encoding: chunked\r\n", b"0\r\nT: " + b"v" * 40 + b"\r\n\r\n"),
         431,
     ),
+    # Between two pieces of chunk data (CRLF, the size line and its extensions), at most
+    # --limit-request-head plus --limit-request-field-size: 160 bytes here.
+    "chunk extension one byte over the limit": (
+        post(CHUNKED, b"1;e=" + b"x" * 155 + b"\r\na\r\n0\r\n\r\n"),
+        400,
+    ),
+    "later chunk extension one byte over the limit": (
+        post(CHUNKED, b"1\r\na\r\n1;e=" + b"x" * 153 + b"\r\nb\r\n0\r\n\r\n"),
+        400,
+    ),
+}
+IN_BODY |= {
+    "chunk extension one byte over the limit",
+    "later chunk extension one byte over the limit",
 }
 
 LIMITED_SERVED = {
@@ -262,6 +350,10 @@ LIMITED_SERVED = {
     "body at the limit": post(b"Content-Length: 10\r\n", b"x" * 10),
     "chunked body at the limit": post(
         b"Transfer-Encoding: chunked\r\n", b"5\r\nxxxxx\r\n5\r\nxxxxx\r\n0\r\n\r\n"
+    ),
+    "chunk extension at the limit": post(CHUNKED, b"1;e=" + b"x" * 154 + b"\r\na\r\n0\r\n\r\n"),
+    "later chunk extension at the limit": post(
+        CHUNKED, b"1\r\na\r\n1;e=" + b"x" * 152 + b"\r\nb\r\n0\r\n\r\n"
     ),
 }
 
@@ -299,6 +391,16 @@ async def test_a_header_line_in_progress_is_bounded_before_it_completes():
     outcome = await exchange(pieces, **SMALL)
     assert outcome.statuses == [431]
     assert outcome.closed
+
+
+async def test_a_chunk_extension_over_the_limit_is_refused_in_one_read():
+    # 200 KiB of extension, default limits (64 KiB + 8 KiB): refused whole and however cut.
+    request = post(CHUNKED, b"1;e=" + b"x" * 200 * 1024 + b"\r\na\r\n0\r\n\r\n")
+    for pieces in ([request], cut(request, [120]), cut(request, [len(request) - 30])):
+        outcome = await exchange(pieces)
+        assert outcome.statuses == [400], pieces[0][:100]
+        assert b"chunk extensions or trailers too large" in outcome.data
+        assert outcome.bodies == []
 
 
 async def test_chunk_extensions_are_bounded():

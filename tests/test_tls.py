@@ -441,4 +441,4 @@ def test_error_answer_reaches_a_client_still_uploading_over_tls(loop_name, certs
                     data += repr(exc).encode()
             assert data.startswith(b"HTTP/1.1 200 "), data[:200]
             assert big in data, data[-200:]
-            assert b"HTTP/1.1 413 " in data, data[-300:]
+            assert b"HTTP/1.1 413 Content Too Large\r\n" in data, data[-300:]

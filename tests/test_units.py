@@ -10,9 +10,11 @@ import pytest
 from aserve.asgi import InvalidResponse
 from aserve.config import Config, ConfigError, load_env_file, parse_header_option
 from aserve.importer import AppLoadError, import_from_string, load_app
-from aserve.logging import escape
+from aserve.logging import ACCESS_LOG_FIELDS, AccessRecord, escape
 from aserve.protocols.headers import encode_headers, status_code, status_line
+from aserve.protocols.rejection import error_response
 from aserve.proxy import apply_forwarded_headers, parse_trusted
+from aserve.status import reason_phrase
 
 
 def test_encode_headers_validates_and_caches():
@@ -65,6 +67,24 @@ def test_status_line():
     for odd in (200.0, True, None, 1000):
         with pytest.raises(InvalidResponse, match="invalid HTTP status"):
             status_code(odd)
+
+
+@pytest.mark.parametrize(
+    ("status", "phrase"),
+    [
+        (413, b"Content Too Large"),  # 3.11's HTTPStatus: Request Entity Too Large
+        (422, b"Unprocessable Content"),  # 3.11's HTTPStatus: Unprocessable Entity
+        (416, b"Range Not Satisfiable"),
+        (103, b"Early Hints"),
+        (431, b"Request Header Fields Too Large"),
+        (418, b""),  # RFC 9110: (Unused); no phrase rather than a joke
+    ],
+)
+def test_reason_phrases_come_from_one_table_on_every_python(status, phrase):
+    assert status_line(status) == b"HTTP/1.1 %d %s\r\n" % (status, phrase)
+    assert reason_phrase(status) == phrase.decode()
+    # The error answers aserve writes itself use the same table.
+    assert error_response(status, "x", b"").startswith(status_line(status))
 
 
 def test_trusted_proxies():
@@ -263,3 +283,8 @@ async def test_ready_is_awaitable_and_runs_as_a_task():
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+
+
+def test_the_access_log_names_the_status_from_the_same_table():
+    record = AccessRecord({"path": "/", "query_string": b""}, 413, 0, 0.0)
+    assert ACCESS_LOG_FIELDS["status_phrase"](record) == "Content Too Large"

@@ -8,7 +8,6 @@ escapes to an operator's screen.
 
 from __future__ import annotations
 
-import http
 import json
 import logging
 import logging.config
@@ -16,6 +15,8 @@ import os
 import sys
 from collections.abc import Callable
 from typing import Any
+
+from aserve.status import reason_phrase
 
 TRACE = 5
 logging.addLevelName(TRACE, "TRACE")
@@ -256,10 +257,7 @@ def _full_path(record: AccessRecord) -> str:
 
 
 def _status_phrase(record: AccessRecord) -> str:
-    try:
-        return http.HTTPStatus(record.status).phrase
-    except ValueError:
-        return ""
+    return reason_phrase(record.status)
 
 
 ACCESS_LOG_FIELDS: dict[str, Callable[[AccessRecord], object]] = {

@@ -12,12 +12,12 @@ instead of the InvalidResponse that names it.
 
 from __future__ import annotations
 
-import http
 import re
 from collections.abc import Iterable
 from typing import Any, Final
 
 from aserve.asgi import InvalidResponse
+from aserve.status import REASON_PHRASES
 
 _TOKEN: Final = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _CONTROL: Final = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
@@ -25,9 +25,11 @@ _DIGITS: Final = re.compile(rb"[0-9]+")
 
 _CACHE_LIMIT: Final = 512
 
+# The status line of every code with a reason phrase (aserve/status.py: the same on every
+# Python); any other code gets `status_line`'s empty phrase.
 STATUS_LINES: Final[dict[int, bytes]] = {
-    status.value: b"HTTP/1.1 %d %s\r\n" % (status.value, status.phrase.encode("ascii"))
-    for status in http.HTTPStatus
+    code: b"HTTP/1.1 %d %s\r\n" % (code, phrase.encode("ascii"))
+    for code, phrase in REASON_PHRASES.items()
 }
 
 

@@ -78,6 +78,19 @@ _SWITCHING_TO_H2C: Final = (
     b"HTTP/1.1 101 Switching Protocols\r\nconnection: Upgrade\r\nupgrade: h2c\r\n\r\n"
 )
 
+# Where the message being parsed begins in the read being parsed (`HttpProtocol._msg_at`),
+# when that is not an offset: see `HttpProtocol._message_start`.
+_AT_EARLIER: Final = -1  # in an earlier read (its request line so far: `_line_part`)
+_AT_AFTER_PREV: Final = -2  # where the previous message, which ended in this read, ended
+_AT_LOST: Final = -3  # not known (a framing aserve could not follow; never expected)
+
+# The states of a chunked body as `ChunkedBody` follows it.
+_CK_SIZE: Final = 0  # in a chunk-size line (size, extensions, CRLF)
+_CK_DATA: Final = 1  # in chunk data
+_CK_DATA_END: Final = 2  # in the CRLF after chunk data
+_CK_TRAILERS: Final = 3  # after the last chunk: trailer lines, then an empty line
+_CK_DONE: Final = 4  # past the end of the body
+
 _PAUSED_FOR_BODY: Final = 1
 _PAUSED_FOR_PIPELINE: Final = 2
 _PAUSED_FOR_SHUTDOWN: Final = 4
@@ -270,6 +283,102 @@ class Http11Cycle(RequestCycle):
 
 
 @final
+class ChunkedBody:
+    """Where a chunked request body is in its framing, followed ahead of llhttp.
+
+    httptools does not say where in a read its callbacks fall, so the bytes between two
+    pieces of chunk data (a CRLF, the next chunk-size line with its extensions; after the last
+    chunk, the trailer section) cannot be counted from them: a 200 KiB extension inside one read
+    would pass unseen. This follows the framing byte for byte over each read before llhttp
+    parses it, so the bound is the same whether the bytes arrive in one read or one at a time.
+    It checks nothing llhttp checks (malformed lines are llhttp's to refuse), only counts, and
+    notes where the body ends in the read (`end`), where the next request begins.
+    """
+
+    __slots__ = ("digits", "end", "gap", "left", "line", "size", "state")
+
+    def __init__(self) -> None:
+        self.state = _CK_SIZE
+        self.size = 0  # of the chunk whose size line is being read
+        self.digits = 0  # hex digits of that size so far; -1 once past them
+        self.left = 0  # bytes of chunk data, or of the CRLF after it, still to come
+        self.line = 0  # bytes of the trailer line being read
+        self.gap = 0  # bytes since the last byte of chunk data (or the head)
+        self.end = -1  # where the body ended in the last read scanned, if it did
+
+    def scan(self, data: bytes, pos: int, limit: int) -> bool:
+        """Follow `data[pos:]`; False when the bytes between two pieces of data pass `limit`."""
+        n = len(data)
+        while pos < n:
+            state = self.state
+            if state == _CK_DATA:
+                take = min(self.left, n - pos)
+                pos += take
+                self.gap = 0
+                self.left -= take
+                if self.left == 0:
+                    self.state = _CK_DATA_END
+                    self.left = 2
+            elif state == _CK_DATA_END:
+                take = min(self.left, n - pos)
+                pos += take
+                self.gap += take
+                self.left -= take
+                if self.left == 0:
+                    self.state = _CK_SIZE
+                    self.size = self.digits = 0
+            elif state != _CK_DONE:  # a chunk-size line or a trailer line
+                lf = data.find(b"\n", pos)
+                stop = n if lf < 0 else lf + 1
+                if state == _CK_SIZE and self.digits >= 0:
+                    self._size_digits(data, pos, stop)
+                else:
+                    self.line += stop - pos
+                self.gap += stop - pos
+                pos = stop
+                if self.gap > limit:
+                    return False
+                if lf < 0:
+                    break
+                if state == _CK_TRAILERS:
+                    if self.line <= 2:  # an empty line: the end of the body
+                        self.state = _CK_DONE
+                        self.end = pos
+                        break
+                    self.line = 0
+                elif self.size == 0:
+                    self.state = _CK_TRAILERS
+                    self.line = 0
+                else:
+                    self.state = _CK_DATA
+                    self.left = self.size
+            else:
+                break
+        return True
+
+    def _size_digits(self, data: bytes, pos: int, stop: int) -> None:
+        """Add the hex digits at `data[pos:stop]` to the size (at most 17: llhttp refuses a
+        size that overflows 64 bits, so more would never be data)."""
+        size = self.size
+        digits = self.digits
+        while pos < stop and digits <= 16:
+            c = data[pos]
+            if 48 <= c <= 57:
+                size = size * 16 + c - 48
+            elif 97 <= c <= 102:
+                size = size * 16 + c - 87
+            elif 65 <= c <= 70:
+                size = size * 16 + c - 55
+            else:
+                digits = -1
+                break
+            digits += 1
+            pos += 1
+        self.size = size
+        self.digits = digits
+
+
+@final
 class ParserCallbacks:
     """httptools' callbacks, one object for all the connections of a server.
 
@@ -337,11 +446,14 @@ class HttpProtocol(asyncio.Protocol):
         "_batch",
         "_batch_first",
         "_batch_size",
+        "_body_at_read",
         "_body_read_at",
         "_body_received",
         "_callbacks",
+        "_chunks",
         "_closed",
         "_content_length",
+        "_data",
         "_expect_100",
         "_extensions",
         "_fields",
@@ -349,18 +461,26 @@ class HttpProtocol(asyncio.Protocol):
         "_given_addresses",
         "_h2c",
         "_h2c_trailing",
+        "_head_in_read",
         "_head_size",
         "_head_started",
+        "_head_tail",
         "_headers",
         "_host",
         "_idle_since",
         "_later",
         "_line_chunk",
+        "_line_part",
         "_linger_end",
+        "_linger_for",
+        "_msg_at",
         "_next",
         "_parsing",
         "_paused",
         "_pending_error",
+        "_prev_at",
+        "_prev_body",
+        "_prev_end",
         "_proxy",
         "_raw",
         "_rejected",
@@ -431,6 +551,22 @@ class HttpProtocol(asyncio.Protocol):
         # what httptools holds unseen, a header line in progress above all (see `_check_raw`).
         self._raw = 0
         self._body_received = 0  # of the request being read, for --limit-request-body
+        # Where each request is in the read being parsed (httptools does not say): the read
+        # (`_data`, b"" between reads), where the message being parsed begins in it
+        # (`_msg_at`, see `_message_start`), what locates a message after the previous one
+        # (`_prev_at`, `_prev_body`, `_prev_end`), and what is kept of a head across reads (its
+        # request line so far, its last 3 bytes). Used only off the common path: for a request
+        # line that does not begin a read, and to follow a chunked body (`_chunks`).
+        self._data = b""
+        self._msg_at = 0
+        self._prev_at = 0
+        self._prev_body = 0
+        self._prev_end = -1
+        self._head_in_read = False
+        self._body_at_read = 0
+        self._line_part = b""
+        self._head_tail = b""
+        self._chunks: ChunkedBody | None = None
         self._rejected = False  # after an error response nothing more is parsed
         self._upgrade: bytes | None = None
         self._upgrade_offer: bytes | None = None  # the request's Upgrade header, lowercased
@@ -454,6 +590,9 @@ class HttpProtocol(asyncio.Protocol):
         self._idle_since = 0.0
         self._head_started = 0.0  # 0.0: no head in progress
         self._linger_end = 0.0  # lingering close: when it ends at the latest (0.0: not lingering)
+        # How long a lingering close may last: LINGER_TIME, less after an answer a deadline
+        # forced (`_reject`, `_on_timer`), none after a late head.
+        self._linger_for = LINGER_TIME
         self._body_read_at = 0.0
         self._request_started = 0.0
         self._request_task: asyncio.Task[Any] | None = None
@@ -503,9 +642,23 @@ class HttpProtocol(asyncio.Protocol):
             if self._linger_end:
                 self._body_read_at = self.loop.time()  # still sending: see `_close_lingering`
             return
-        # Between messages (no URL yet, no body being read), the chunk begins with the next
-        # request line or with the blank lines allowed before one (see `_http_version`).
-        self._line_chunk = data if len(self._url) == 0 and self._parsing is None else None
+        self._head_in_read = False
+        if self._parsing is not None:  # the read begins inside a body
+            self._body_at_read = self._body_received
+            chunks = self._chunks
+            if chunks is not None and not chunks.scan(data, 0, self._raw_limit()):
+                self._reject(BAD_REQUEST, "chunk extensions or trailers too large")
+                self._run_queue()
+                return
+            self._line_chunk = None
+        elif self._raw == 0:
+            # Between messages, the read begins with the next request line or with the blank
+            # lines allowed before one (see `_http_version`).
+            self._line_chunk = data
+            self._msg_at = 0
+        else:
+            self._line_chunk = None  # inside a head: it began in an earlier read
+        self._data = data
         self._raw += len(data)
         callbacks = self._callbacks
         callbacks.conn = self  # the parser's callbacks are ours until feed_data returns
@@ -519,6 +672,7 @@ class HttpProtocol(asyncio.Protocol):
             if exc.args == _PRI and self._may_switch_to_http2():
                 # The HTTP/2 client preface (h2c by prior knowledge): llhttp stops on its
                 # request line, so HTTP/1.1 heads never pay for this check.
+                self._data = b""
                 self._switch_to_http2(data, self._raw - len(data))
                 return
             status, reason = classify(exc)
@@ -529,17 +683,20 @@ class HttpProtocol(asyncio.Protocol):
                 self._check_raw()
                 if self._parsing is not None:
                     self._body_pending()
+                elif not self._rejected:
+                    self._keep_head_part(data)
             elif self._parsing is not None:  # the read ended inside a body
                 self._body_pending()
-            elif len(self._url) > 0 or (
-                len(data) > 0 and data[-1] != 0x0A and self._body_received == 0  # LF
-            ):
+            elif len(self._url) > 0 or (len(data) > 0 and data[-1] != 0x0A and self._more(data)):
                 # The read ended in the next request's head, begun after the last complete
                 # request (pipelined, or its first bytes in the same segment): on_url has seen
-                # part of its target, or the read ends in neither a bodiless head (CRLF) nor a
-                # body. Its deadline counts from this read.
+                # part of its target, or bytes follow the last request. Its deadline counts
+                # from this read.
                 self._head_began()
+                if not self._rejected:
+                    self._keep_head_part(data)
         self._line_chunk = None
+        self._data = b""
         self._run_queue()
 
     def eof_received(self) -> bool | None:
@@ -589,7 +746,10 @@ class HttpProtocol(asyncio.Protocol):
         elif size == 14 and name == b"content-length":
             self._content_length = int(value)  # llhttp has checked it: digits, only one
         elif size == 17 and name == b"transfer-encoding":
-            self._transfer_encoding = value  # llhttp refuses a second one
+            # Several fields are one list (RFC 9110, 5.3): `gzip` then `chunked` is
+            # `gzip, chunked` (llhttp lets that pair through; `chunked` then anything it refuses).
+            te = self._transfer_encoding
+            self._transfer_encoding = value if te is None else te + b"," + value
         elif size == 2 and name == b"te":
             self._te = value if self._te is None else self._te + b"," + value
         headers = self._headers
@@ -635,6 +795,7 @@ class HttpProtocol(asyncio.Protocol):
             method = _METHODS.get(raw_method) or raw_method.decode("ascii")
         target = self._url
         version_at = len(raw_method) + len(target) + 2
+        self._head_in_read = True
         http_version = self._http_version(version_at)
         headers = self._headers
         if headers is None:
@@ -659,12 +820,15 @@ class HttpProtocol(asyncio.Protocol):
             raise RequestRejected(URI_TOO_LONG, "request line too long")
         if head_size + version_at + 12 > state.limit_request_head:
             raise RequestRejected(FIELDS_TOO_LARGE, "request head too large")
-        if http_version != "1.1" or host is None or self._transfer_encoding is not None:
+        chunked = self._transfer_encoding is not None  # (else refused by `_check_framing`)
+        if http_version != "1.1" or host is None or chunked:
             self._check_framing(http_version, host)
         if content_length > 0:
             limit = state.limit_request_body
             if limit is not None and content_length > limit:
                 raise RequestRejected(CONTENT_TOO_LARGE, "request body too large")
+        elif chunked:
+            self._follow_chunks()
         # Origin form, "/path?query". (An int needle: `b"#" in target` first tries the bytes
         # as an int and formats a TypeError, about 3k instructions per request.)
         if target[0] == _SLASH and _HASH not in target and method != "CONNECT":
@@ -741,14 +905,16 @@ class HttpProtocol(asyncio.Protocol):
                 raise RequestRejected(NOT_IMPLEMENTED, "unsupported transfer coding")
 
     def _http_version(self, version_at: int) -> str:
-        """ "1.1" or "1.0" (llhttp refuses other versions), for the head just parsed.
+        """ "1.1" or "1.0" (llhttp refuses other versions), for the head just parsed; and the
+        request line has single spaces between method, target and version (RFC 9112, 3),
+        which llhttp does not check.
 
-        httptools' `get_http_version()` formats its answer with `str.format`, about 2k
-        instructions a request. For the first message of a chunk that began between messages,
-        the request line llhttp has just validated is `method SP target SP version CRLF` from
-        the chunk's first byte, so the version is read at `version_at`. Anything else asks the
-        parser: a request line split across reads, blank lines before it (the bytes there are
-        then no version), the later requests of a pipelined chunk.
+        Read from the request line itself: `method SP target SP HTTP/1.x CR` puts the version at
+        `version_at`, and only there, as the target holds no CR (extra spaces would move it
+        right). httptools' `get_http_version()` formats its answer with `str.format`, about 2k
+        instructions a request. Most often the read began with this request line (`_line_chunk`);
+        else the line is found where it is (`_line_at`): after blank lines, behind the requests
+        before it in the same read (pipelining), or split across reads.
         """
         chunk = self._line_chunk
         if chunk is not None:
@@ -759,8 +925,120 @@ class HttpProtocol(asyncio.Protocol):
                 return "1.1"
             if version == b"HTTP/1.0\r":
                 return "1.0"
+        return self._version_in_line(version_at)
+
+    def _version_in_line(self, version_at: int) -> str:
+        at = self._message_start()
+        line = self._data
+        if at == _AT_EARLIER:
+            line = self._line_part + line[: version_at + 10]
+            at = 0
+        if at >= 0:
+            version = line[at + version_at : at + version_at + 9]
+            if version == b"HTTP/1.1\r":
+                return "1.1"
+            if version == b"HTTP/1.0\r":
+                return "1.0"
         version_text: str = self.parser.get_http_version()
-        return version_text
+        if at >= 0 and (version_text == "1.1" or version_text == "1.0"):
+            raise RequestRejected(BAD_REQUEST, "more than one space in the request line")
+        return version_text  # (HTTP/0.9 or 2.0: refused by `_check_framing`)
+
+    def _message_start(self) -> int:
+        """Where the message being parsed begins in the read being parsed (`_data`), past any
+        blank lines before it; or `_AT_EARLIER` if it began in an earlier read.
+
+        The read's first message begins at 0. A later one begins where the previous one ended:
+        its head ends at the first CRLF CRLF (a head holds no other: llhttp refuses bare CR and
+        LF in it), then its Content-Length body; a chunked body's end is noted by `ChunkedBody`.
+        Worked out only when asked, so a read with one request costs nothing for it.
+        """
+        at = self._msg_at
+        if at == _AT_AFTER_PREV:
+            at = self._prev_end
+            if at == -1:  # the previous head ended in this read: its body follows it
+                prev = self._prev_at
+                if prev >= 0:
+                    head_end = _head_end(self._data, prev)
+                elif prev == _AT_EARLIER:
+                    head_end = self._head_end_after_earlier()
+                else:
+                    head_end = -1
+                at = head_end + self._prev_body if head_end >= 0 else _AT_LOST
+        if at >= 0:
+            data = self._data
+            n = len(data)
+            while at < n and (data[at] == 13 or data[at] == 10):  # CR, LF
+                at += 1
+        self._msg_at = at
+        return at
+
+    def _head_end_after_earlier(self) -> int:
+        """Where a head that began in an earlier read ends in this one (its CRLF CRLF may
+        straddle the two: `_head_tail` holds its last bytes before this read)."""
+        data = self._data
+        tail = self._head_tail
+        if len(tail) > 0:
+            found = (tail + data[:3]).find(b"\r\n\r\n")
+            if found >= 0:
+                return found + 4 - len(tail)
+        found = data.find(b"\r\n\r\n")
+        return found + 4 if found >= 0 else -1
+
+    def _more(self, data: bytes) -> bool:
+        """Whether bytes follow the last request in a read that ends in a byte other than LF
+        (a request without a body ends with CRLF, so these are the next head's; after a body,
+        which may end in any byte, its end is worked out)."""
+        if self._body_received == 0:
+            return True
+        start = self._message_start()
+        return start == _AT_LOST or 0 <= start < len(data)
+
+    def _keep_head_part(self, data: bytes) -> None:
+        """The read ended inside a head: keep what later reads need to place it (its request
+        line so far, for `_version_in_line`; its last 3 bytes, for `_head_end_after_earlier`)."""
+        start = self._message_start()
+        limit = self.state.limit_request_line + 16  # past it the line is refused anyway
+        if start >= 0:
+            if start == len(data):  # blank lines only: the request begins in a later read
+                self._msg_at = 0
+                self._line_part = self._head_tail = b""
+                return
+            end = data.find(b"\n", start)
+            self._line_part = data[start : end + 1 if end >= 0 else start + limit]
+            self._head_tail = data[max(start, len(data) - 3) :]
+        elif start == _AT_EARLIER:
+            line = self._line_part
+            if line.find(b"\n") < 0 and len(line) < limit:  # the line goes on in this read
+                end = data.find(b"\n")
+                self._line_part = line + data[: end + 1 if end >= 0 else limit - len(line)]
+            tail = self._head_tail + data[-3:] if len(data) < 3 else data[-3:]
+            self._head_tail = tail[-3:]
+        else:
+            return
+        self._msg_at = _AT_EARLIER
+
+    def _follow_chunks(self) -> None:
+        """A chunked body begins: follow its framing over the rest of the read (`ChunkedBody`),
+        before llhttp parses it."""
+        data = self._data
+        start = self._message_start()
+        if start >= 0:
+            head_end = _head_end(data, start)
+        elif start == _AT_EARLIER:
+            head_end = self._head_end_after_earlier()
+        else:
+            head_end = -1
+        if head_end < 0:
+            return  # not expected: the head just ended in this read
+        chunks = self._chunks = ChunkedBody()
+        if not chunks.scan(data, head_end, self._raw_limit()):
+            raise RequestRejected(BAD_REQUEST, "chunk extensions or trailers too large")
+
+    def _raw_limit(self) -> int:
+        """What a head in progress, or the bytes between two pieces of chunk data, may hold."""
+        state = self.state
+        return state.limit_request_head + state.limit_request_field_size
 
     def on_body(self, body: bytes) -> None:
         self._raw = 0
@@ -776,6 +1054,18 @@ class HttpProtocol(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         self._raw = 0
+        # Where the next message in this read begins, if one does (`_message_start`).
+        chunks = self._chunks
+        if chunks is not None:
+            self._chunks = None
+            self._prev_end = chunks.end if chunks.end >= 0 else _AT_LOST
+        elif self._head_in_read:
+            self._prev_end = -1
+            self._prev_at = self._msg_at
+            self._prev_body = self._body_received
+        else:  # the read began inside this body
+            self._prev_end = self._body_received - self._body_at_read
+        self._msg_at = _AT_AFTER_PREV
         cycle = self._parsing
         if cycle is not None:
             self._parsing = None
@@ -937,11 +1227,16 @@ class HttpProtocol(asyncio.Protocol):
         LINGER_TIMEOUT, or LINGER_TIME passes. The connection's one timer keeps both
         deadlines; nothing is written, parsed or handed to an app any more. Not while shutting
         down: that closes at once, as does `shutdown()` for a connection already lingering.
+
+        A deadline is a deadline: after an answer a deadline forced, lingering lasts no longer
+        than that deadline's own length (`_linger_for`), and after a late head (408) not at all,
+        as the client is then sending no body we owe it time to finish: the connection closes
+        once the answer is written, however the client keeps dripping bytes.
         """
         if self._closed:
             return
         transport = self.transport
-        if self.state.shutting_down or transport.is_closing():
+        if self.state.shutting_down or transport.is_closing() or self._linger_for <= 0:
             self._close()
             return
         self._flush()
@@ -962,8 +1257,9 @@ class HttpProtocol(asyncio.Protocol):
             transport.write_eof()
         transport.resume_reading()
         now = self._body_read_at = self.loop.time()
-        self._linger_end = now + LINGER_TIME
-        self._arm(now + LINGER_TIMEOUT)
+        linger = self._linger_for
+        self._linger_end = now + linger
+        self._arm(now + min(LINGER_TIMEOUT, linger))
 
     def _linger_timer(self) -> None:
         now = self.loop.time()
@@ -1028,7 +1324,7 @@ class HttpProtocol(asyncio.Protocol):
                 deadline = started + state.timeout_request_header
                 if now >= deadline:
                     if self._raw or self._url:
-                        self._reject(REQUEST_TIMEOUT, "the request head did not arrive in time")
+                        self._late_head()
                     else:
                         self._close()  # never a byte of a request: nothing to answer
                     return
@@ -1047,6 +1343,8 @@ class HttpProtocol(asyncio.Protocol):
             ):
                 body_deadline = self._body_read_at + state.timeout_request_body_idle
                 if now >= body_deadline:
+                    # The client may still send the rest: linger, but not past this deadline.
+                    self._linger_for = min(LINGER_TIME, state.timeout_request_body_idle)
                     self._reject(REQUEST_TIMEOUT, "the request body stopped arriving")
                     return
                 deadline = min(deadline, body_deadline)
@@ -1059,6 +1357,7 @@ class HttpProtocol(asyncio.Protocol):
                     request_deadline = self._request_started + timeout
                     if now >= request_deadline:
                         self._request_task = None
+                        self._linger_for = min(LINGER_TIME, timeout)
                         active.request_timed_out(task, timeout)
                         return
                     deadline = min(deadline, request_deadline)
@@ -1069,7 +1368,7 @@ class HttpProtocol(asyncio.Protocol):
                 head_deadline = started + state.timeout_request_header
                 if now >= head_deadline:
                     self._head_started = 0.0
-                    self._reject(REQUEST_TIMEOUT, "the request head did not arrive in time")
+                    self._late_head()
                     if self._closed:
                         return
                 else:
@@ -1081,7 +1380,7 @@ class HttpProtocol(asyncio.Protocol):
         line above all: httptools hands us a field only once it is complete), or chunk-size
         lines, extensions and trailers between two pieces of body. Whatever the split, it
         may not outgrow the limits of a whole head."""
-        if self._raw > self.state.limit_request_head + self.state.limit_request_field_size:
+        if self._raw > self._raw_limit():
             if self._parsing is None:
                 self._reject(FIELDS_TOO_LARGE, "request head too large")
             else:
@@ -1103,6 +1402,12 @@ class HttpProtocol(asyncio.Protocol):
         --timeout-request-body-idle (one clock read per read of body, none per request)."""
         now = self._body_read_at = self.loop.time()
         self._arm(now + self.state.timeout_request_body_idle)
+
+    def _late_head(self) -> None:
+        """--timeout-request-header passed with a head begun: 408, then close at once (after
+        the answers owed before it): no lingering (see `_close_lingering`)."""
+        self._linger_for = 0.0
+        self._reject(REQUEST_TIMEOUT, "the request head did not arrive in time")
 
     def _reject(self, status: int, reason: str) -> None:
         """Answer a request we refuse with one error response, after the responses owed to
@@ -1228,6 +1533,15 @@ class HttpProtocol(asyncio.Protocol):
         self.transport.set_protocol(websocket)
         self.transport.resume_reading()
         websocket.start(trailing)
+
+
+def _head_end(data: bytes, start: int) -> int:
+    """Where the head that begins at `data[start]` (or after blank lines there) ends, or -1."""
+    n = len(data)
+    while start < n and (data[start] == 13 or data[start] == 10):  # CR, LF
+        start += 1
+    found = data.find(b"\r\n\r\n", start)
+    return found + 4 if found >= 0 else -1
 
 
 def _split_target(target: bytes, method: str) -> tuple[bytes, bytes]:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import codecs
-import http
 import logging
 import os
 from collections import deque
@@ -45,6 +44,7 @@ from aserve.logging import (
     escape_bytes,
 )
 from aserve.protocols.headers import encode_headers, status_line
+from aserve.status import reason_phrase
 from aserve.tasks import start_task
 
 if TYPE_CHECKING:
@@ -764,7 +764,4 @@ def _websocket_scope(http_scope: dict[str, Any], headers: Headers) -> dict[str, 
 
 
 def _phrase(status: int) -> str:
-    try:
-        return http.HTTPStatus(status).phrase
-    except ValueError:
-        return ""
+    return reason_phrase(status)
