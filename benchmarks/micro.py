@@ -5,6 +5,7 @@ through an in-memory transport and reports the time per request. Under callgrind
 instructions is repeatable, which makes small hot-path changes measurable on a noisy machine:
 
     python benchmarks/micro.py aserve                 # µs per request, 5 runs
+    python benchmarks/micro.py aserve --connections 64   # 64 requests per loop iteration
     valgrind --tool=callgrind --callgrind-out-file=/dev/null \\
         python benchmarks/micro.py aserve --requests 2000 --runs 1
     (repeat with --requests 6000; the difference / 4000 is instructions per request)
@@ -18,8 +19,10 @@ HPACK table after the first), answered with HEADERS and DATA. The reads are buil
 timed loop; under callgrind, building them is counted in the figure (a few hundred
 instructions per request). `--headers N` adds N request headers (h2load's `-H`).
 
-uvicorn needs one event-loop turn per request to run the Task it schedules; aserve answers
-inside `data_received` when the app does not wait. The uvicorn figure includes that turn.
+Each loop iteration reads one request from each of `--connections` connections (default 1),
+then the loop turns: aserve writes its answers at the end of the iteration, so the figure
+includes that turn, shared by the iteration's requests. uvicorn needs one event-loop turn per
+request to run the Task it schedules; its figure includes that turn.
 """
 
 from __future__ import annotations
@@ -74,7 +77,7 @@ class MemoryTransport(asyncio.Transport):
         return 0
 
 
-async def per_request_aserve(requests: int, metrics: bool = False) -> float:
+async def per_request_aserve(requests: int, metrics: bool = False, connections: int = 1) -> float:
     from aserve.config import Config
     from aserve.protocols.http import HttpProtocol
     from aserve.state import ServerState
@@ -82,20 +85,30 @@ async def per_request_aserve(requests: int, metrics: bool = False) -> float:
     # (metrics_port only switches the counters on here: ServerState binds nothing)
     config = Config(app=hello, access_log=False, metrics_port=0 if metrics else None)
     state = ServerState(config, hello, asyncio.get_running_loop())
-    protocol = HttpProtocol(state)
-    transport = MemoryTransport()
-    protocol.connection_made(transport)
-    for _ in range(1000):  # warm caches
-        protocol.data_received(REQUEST)
+    protocols = [HttpProtocol(state) for _ in range(connections)]
+    transports = [MemoryTransport() for _ in range(connections)]
+    for protocol, transport in zip(protocols, transports, strict=True):
+        protocol.connection_made(transport)
+    # One loop iteration reads one request from each connection, as the event loop does with
+    # that many clients waiting on their answers; the answers leave at the iteration's end.
+    rounds = max(1, requests // connections)
+    for _ in range(max(1, 1000 // connections)):  # warm caches
+        for protocol in protocols:
+            protocol.data_received(REQUEST)
+        await asyncio.sleep(0)
     start = time.perf_counter()
-    for _ in range(requests):
-        protocol.data_received(REQUEST)
+    for _ in range(rounds):
+        for protocol in protocols:
+            protocol.data_received(REQUEST)
+        await asyncio.sleep(0)
     elapsed = time.perf_counter() - start
     await asyncio.sleep(0)
-    assert transport.writes == requests + 1000, "every request must be answered"
+    answered = sum(transport.writes for transport in transports)
+    warm = max(1, 1000 // connections) * connections
+    assert answered == rounds * connections + warm, "every request must be answered"
     if state.metrics is not None:
-        assert state.metrics.responses[2] == requests + 1000, "every response must be counted"
-    return elapsed / requests
+        assert state.metrics.responses[2] == answered, "every response must be counted"
+    return elapsed / (rounds * connections)
 
 
 def h2_reads(
@@ -188,13 +201,19 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--metrics", action="store_true", help="aserve with metrics on")
     parser.add_argument(
+        "--connections",
+        type=int,
+        default=1,
+        help="aserve: connections read from per loop iteration, one request each (default 1)",
+    )
+    parser.add_argument(
         "--headers", type=int, default=0, help="aserve-h2: this many more request headers"
     )
     args = parser.parse_args()
 
     async def measure(requests: int) -> float:
         if args.server == "aserve":
-            return await per_request_aserve(requests, args.metrics)
+            return await per_request_aserve(requests, args.metrics, args.connections)
         if args.server == "aserve-h2":
             return await per_request_aserve_h2(requests, args.headers)
         return await per_request_uvicorn(requests)

@@ -50,6 +50,7 @@ class ServerState:
         "loop",
         "metrics",
         "parser_callbacks",
+        "pending_writes",
         "root_path",
         "shutting_down",
         "tasks",
@@ -86,6 +87,9 @@ class ServerState:
         # The HTTP protocol's parser callbacks, shared by the connections of this server
         # (protocols/http.py, `ParserCallbacks`); made by the first connection.
         self.parser_callbacks: Any = None
+        # Connections whose batched answers leave at the end of this loop iteration
+        # (protocols/http.py, `HttpProtocol._flush_later`); None when there are none.
+        self.pending_writes: list[Any] | None = None
         self.lifespan_state: dict[str, Any] = lifespan_state if lifespan_state is not None else {}
         self.connections: set[Any] = set()
         self.tasks: set[asyncio.Task[Any]] = set()
