@@ -46,7 +46,7 @@ async def receive_body(cycle: BodySource) -> Message:
     while True:
         if cycle.disconnected or cycle.complete:
             return {"type": "http.disconnect"}
-        if cycle.chunks or (cycle.body_done and not cycle.delivered):
+        if cycle.chunks is not None or (cycle.body_done and not cycle.delivered):
             return cycle.take_body()
         cycle.ask_for_body()
         # Nothing to hand out: wait for body, the end of the response, or a disconnect.

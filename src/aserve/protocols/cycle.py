@@ -118,7 +118,9 @@ class RequestCycle:
         # No body in the response: a HEAD request (kept from the request itself, not read back
         # from the scope a middleware may rewrite), or a status that has none.
         self.head_only = head_only
-        self.chunks: list[bytes] = []
+        # Body pieces not yet handed to the app; None while there are none (most requests
+        # have no body: no list allocated and freed for each).
+        self.chunks: list[bytes] | None = None
         self.body_size = 0  # buffered, not yet handed to the app
         self.received = 0  # request body bytes, all told
         self.body_done = False
@@ -189,7 +191,11 @@ class RequestCycle:
     def feed_body(self, data: bytes) -> None:
         if self.complete or self.disconnected:
             return  # the app is done with this request: the rest of the body is dropped
-        self.chunks.append(data)
+        chunks = self.chunks
+        if chunks is None:
+            self.chunks = [data]
+        else:
+            chunks.append(data)
         size = len(data)
         self.received += size
         self.body_size += size
@@ -239,13 +245,13 @@ class RequestCycle:
 
     def take_body(self) -> Message:
         chunks = self.chunks
-        if not chunks:
+        if chunks is None:
             body = b""
         elif len(chunks) == 1:
             body = chunks[0]
         else:
             body = b"".join(chunks)
-        self.chunks = []
+        self.chunks = None
         size = self.body_size
         self.body_size = 0
         if size > 0:

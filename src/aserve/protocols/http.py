@@ -1125,7 +1125,7 @@ class HttpProtocol(asyncio.Protocol):
                 self._close()
             return
         if cycle.body_size > BODY_HIGH_WATER:
-            cycle.chunks = []
+            cycle.chunks = None
             self.resume_reading(_PAUSED_FOR_BODY)
         self._idle_since = self.state.clock()
         # Rarely moves the timer: only when the keep-alive timeout is the shorter deadline.
