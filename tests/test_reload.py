@@ -169,6 +169,44 @@ def test_reload_restarts_on_change_and_survives_a_syntax_error(tmp_path):
 
 
 @pytest.mark.once
+def test_a_websocket_is_closed_1012_on_a_reload_and_1001_when_the_reloader_stops(tmp_path):
+    from websockets.exceptions import ConnectionClosed
+    from websockets.sync.client import connect
+
+    app = (Path(__file__).parent / "apps" / "streams.py").read_text()
+    (tmp_path / "app.py").write_text(app)
+    server = Reloading(tmp_path)
+    try:
+        port = int(server.wait_for_log(r"running on http://127\.0\.0\.1:(\d+)")[1])
+        with connect(f"ws://127.0.0.1:{port}/", open_timeout=15) as ws:
+            first = ws.recv(15)
+            (tmp_path / "app.py").write_text(app + "\n# changed\n")
+            with pytest.raises(ConnectionClosed) as closed:
+                ws.recv(30)
+        assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (1012, "service restart")
+        server.wait_for_log(r"Started server process(?s:.*)Started server process")
+        deadline = time.monotonic() + 30
+        while True:  # the new child's socket is the same: connect until it answers
+            try:
+                ws = connect(f"ws://127.0.0.1:{port}/", open_timeout=15)
+                break
+            except OSError:
+                assert time.monotonic() < deadline, server.log
+                time.sleep(0.1)
+        with ws:
+            assert ws.recv(15) != first  # another process
+            server.proc.send_signal(signal.SIGTERM)
+            with pytest.raises(ConnectionClosed) as closed:
+                ws.recv(30)
+        assert closed.value.rcvd.code == 1001
+        assert server.proc.wait(30) == 0
+    finally:
+        server.proc.kill()
+    assert "streams-app: websocket.disconnect 1012" in server.log
+    assert "streams-app: websocket.disconnect 1001" in server.log
+
+
+@pytest.mark.once
 def test_reload_dir_that_does_not_exist_is_a_one_line_error(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "aserve", "app:app", "--reload", "--reload-dir", "nope"],

@@ -590,7 +590,7 @@ def test_full_queue_stops_reading_until_the_app_drains_it():
 # -- shutdown --------------------------------------------------------------------------------
 
 
-def test_graceful_shutdown_closes_1012_and_finishes(loop_name):
+def test_graceful_shutdown_closes_1001_and_finishes(loop_name):
     events = []
 
     async def app(scope, receive, send):
@@ -613,12 +613,12 @@ def test_graceful_shutdown_closes_1012_and_finishes(loop_name):
         server.server.should_exit = True
         with pytest.raises(ConnectionClosed) as info:
             ws.recv()
-        assert info.value.rcvd.code == 1012
+        assert info.value.rcvd.code == 1001
         server.thread.join(5)
         assert not server.thread.is_alive()
         assert time.monotonic() - started < 2
     assert events == [
-        {"type": "websocket.disconnect", "code": 1012, "reason": "service restart"},
+        {"type": "websocket.disconnect", "code": 1001, "reason": "going away"},
         "lifespan shutdown",
     ]
 

@@ -9,6 +9,7 @@ the parent says so once and waits for the next change, which is usually the fix.
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import logging
 import multiprocessing
@@ -154,7 +155,7 @@ class Reloader:
                         "WatchFiles detected changes in %s. Reloading...",
                         ", ".join(repr(n) for n in names),
                     )
-                    self._terminate()
+                    self._terminate(restart=True)
                     self._start()
                 else:
                     self._report_exit()
@@ -199,13 +200,21 @@ class Reloader:
             process.exitcode,
         )
 
-    def _terminate(self) -> None:
+    def _terminate(self, restart: bool = False) -> None:
+        """Stop the child gracefully (lifespan shutdown included): SIGTERM, or for a
+        `restart` `RESTART_SIGNAL`, the same stop, with WebSockets closed 1012 not 1001."""
         process = self.process
         if process is None:
             return
         self.process = None
         if process.exitcode is None:
-            process.terminate()  # SIGTERM: a graceful shutdown, lifespan included
+            if restart and process.pid is not None:
+                from aserve.server import RESTART_SIGNAL
+
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(process.pid, RESTART_SIGNAL)
+            else:
+                process.terminate()
             grace = self.config.timeout_graceful_shutdown
             process.join(None if grace is None else grace + 5)
             if process.exitcode is None:
@@ -227,7 +236,7 @@ def _relative(path: str) -> str:
 def _serve_child(config: Config, sockets: list[socket.socket]) -> None:
     """Runs in the spawned interpreter: one ordinary server on the parent's sockets."""
     from aserve.lifespan import LifespanFailure
-    from aserve.server import Server
+    from aserve.server import RESTART_SIGNAL, Server
 
     configure_logging(
         config.log_config,
@@ -239,6 +248,12 @@ def _serve_child(config: Config, sockets: list[socket.socket]) -> None:
     config.drain_delay = 0.0  # this process's copy: a file change restarts at once, no drain
     server = Server(config)
     server.systemd_notify = False  # a development server; the parent is what systemd started
+
+    def restart(_sig: int, _frame: Any) -> None:
+        server.restarting = True
+        server.should_exit = True
+
+    signal.signal(RESTART_SIGNAL, restart)
     try:
         server.run(sockets)
     except ConfigError as exc:

@@ -37,6 +37,12 @@ from aserve.tls import TLSInfo, load_tls, reload_tls
 
 _TICK = 0.1  # how often the main loop looks at should_exit and refreshes the Date header
 
+# The stop for a process being replaced (a supervisor's worker in a SIGHUP rolling restart or
+# recycling, the --reload child on a change): as SIGTERM, but open WebSockets are closed with
+# 1012 (service restart) instead of 1001 (going away). Sent by the supervisor and the
+# reloader only; a single server leaves it alone.
+RESTART_SIGNAL = signal.SIGUSR2
+
 
 class StoppedWhileStarting(Exception):
     """Told to stop before lifespan startup was done: the startup was cancelled."""
@@ -71,6 +77,9 @@ class Server:
         self.started = False
         self.should_exit = False
         self.force_exit = False
+        # Stopping to be replaced (set by a supervisor's worker, the --reload child): open
+        # WebSockets are closed with 1012 (service restart) instead of 1001 (going away).
+        self.restarting = False
         self.state: ServerState | None = None
         self.servers: list[Listener] = []
         self.metrics_server: asyncio.Server | None = None
@@ -366,6 +375,7 @@ class Server:
             if self.systemd_notify:
                 systemd.notify("STOPPING=1")
             error_logger.info("Shutting down")
+            state.restarting = self.restarting
             await self._close_connections(state)
             await self._drain(state)
         if self._lifespan is not None:

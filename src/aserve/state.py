@@ -51,6 +51,7 @@ class ServerState:
         "metrics",
         "parser_callbacks",
         "pending_writes",
+        "restarting",
         "root_path",
         "shutting_down",
         "tasks",
@@ -94,6 +95,9 @@ class ServerState:
         self.connections: set[Any] = set()
         self.tasks: set[asyncio.Task[Any]] = set()
         self.shutting_down = False
+        # Set with `shutting_down` when this process stops to be replaced (a supervisor's
+        # rolling restart or recycling, --reload): WebSockets close 1012, not 1001.
+        self.restarting = False
         self.root_path = config.root_path
         self.http_scope_template = http_scope_template(config.root_path)
         self.limit_concurrency = config.limit_concurrency

@@ -29,7 +29,7 @@ from aserve.config import Config, ConfigError
 from aserve.health import SelectorHealth, bind_health_socket, listener_url
 from aserve.logging import error_logger
 from aserve.preload import PreloadFailure, preload, sighup_note
-from aserve.server import loop_factory
+from aserve.server import RESTART_SIGNAL, loop_factory
 from aserve.sockets import bind_sockets, describe, describe_listener, remove_unix_files
 from aserve.tls import TLSInfo, load_tls, reload_tls
 from aserve.worker import (
@@ -380,7 +380,9 @@ class Supervisor:
         return worker
 
     def _stop(self, worker: Worker, reason: str, now: float) -> None:
-        """Ask a worker to drain and exit (SIGTERM), bounded by the graceful timeout.
+        """Ask a worker to drain and exit (SIGTERM), bounded by the graceful timeout. A worker
+        being replaced (`reason` "replaced" or "reload") gets `RESTART_SIGNAL` instead, the
+        same stop, which tells it why: its WebSockets are closed with 1012, not 1001.
 
         A worker not ready yet has no request in flight: it gives up its startup at once
         (server.py), so it gets `STOP_SLACK` whatever the graceful timeout, which may be
@@ -390,7 +392,8 @@ class Supervisor:
         if worker.stop_reason is None:
             worker.stop_reason = reason
         worker.stop_deadline = self._stop_deadline(worker, now)
-        self._kill(worker, signal.SIGTERM)
+        restart = reason in ("replaced", "reload")
+        self._kill(worker, RESTART_SIGNAL if restart else signal.SIGTERM)
 
     def _stop_deadline(self, worker: Worker, now: float) -> float | None:
         if worker.state == STARTING:

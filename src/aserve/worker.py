@@ -32,7 +32,7 @@ from aserve.config import Config, ConfigError
 from aserve.importer import load_app
 from aserve.lifespan import LifespanFailure
 from aserve.logging import error_logger
-from aserve.server import Server, run
+from aserve.server import RESTART_SIGNAL, Server, run
 from aserve.tls import TLSInfo
 
 # Message kinds on the channel: one byte, then a 4-byte length and that many bytes of text.
@@ -295,6 +295,7 @@ def _worker(
 
     signal.signal(signal.SIGTERM, exit_now)
     signal.signal(signal.SIGQUIT, exit_now)
+    signal.signal(RESTART_SIGNAL, exit_now)
     for fd in close_fds:
         with contextlib.suppress(OSError):
             os.close(fd)
@@ -345,8 +346,13 @@ def _worker(
         server.should_exit = True
         server.force_exit = True
 
+    def restart(_sig: int, _frame: Any) -> None:
+        server.restarting = True
+        server.should_exit = True
+
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGQUIT, quit_now)
+    signal.signal(RESTART_SIGNAL, restart)
     try:
         run(server.serve(sockets=sockets), loop=config.loop)
     except LifespanFailure as exc:

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 
 class _State(Protocol):
     loop: asyncio.AbstractEventLoop
+    shutting_down: bool
 
 
 class BodySource(Protocol):
@@ -28,6 +29,8 @@ class BodySource(Protocol):
 
     disconnected: bool
     complete: bool
+    started: bool
+    stopped: bool
     chunks: Any
     body_done: bool
     delivered: bool
@@ -48,6 +51,12 @@ async def receive_body(cycle: BodySource) -> Message:
             return {"type": "http.disconnect"}
         if cycle.chunks is not None or (cycle.body_done and not cycle.delivered):
             return cycle.take_body()
+        if cycle.delivered and cycle.started and cycle.state.shutting_down:
+            # Graceful shutdown: the app has read its whole request and streams its response
+            # (server-sent events, a long poll). The disconnect lets it end the stream now;
+            # if it returns with the response open, the cycle ends it whole.
+            cycle.stopped = True
+            return {"type": "http.disconnect"}
         cycle.ask_for_body()
         # Nothing to hand out: wait for body, the end of the response, or a disconnect.
         waiter = cycle.waiter = cycle.state.loop.create_future()

@@ -20,6 +20,8 @@ The contract between a cycle and its framing:
     flush_head()                             the app paused after its start: the head goes
                                              out now (server-sent events, long polls)
     request_timed_out(task, timeout)         --timeout-request passed without a response
+    shutdown()                               graceful shutdown began: an app streaming its
+                                             response gets http.disconnect from `receive`
     body_size                                read by the framing after `feed_body`: request
                                              body buffered and not yet consumed (to stop
                                              reading, or to stop opening the window)
@@ -109,6 +111,7 @@ class RequestCycle:
         "started",
         "state",
         "status",
+        "stopped",
         "waiter",
     )
 
@@ -128,6 +131,8 @@ class RequestCycle:
         self.disconnected = False
         self.waiter: asyncio.Future[None] | None = None
         self.started = False
+        # `receive` said http.disconnect because the server is shutting down (`shutdown`).
+        self.stopped = False
         self.head_written = False  # set by the framing once the head is on its way
         self.complete = False
         self.status = 0
@@ -184,6 +189,8 @@ class RequestCycle:
             if not self.disconnected:
                 error_logger.error("ASGI callable returned without starting a response.")
                 self._respond_500()
+        elif self.stopped and self._end_stopped_response():
+            return
         else:
             error_logger.error("ASGI callable returned without completing the response.")
             self.abort()
@@ -232,6 +239,39 @@ class RequestCycle:
         )
         self.respond_error(SERVICE_UNAVAILABLE, b"Service Unavailable")
         task.cancel()
+
+    def shutdown(self) -> None:
+        """Graceful shutdown began. An app streaming its response (server-sent events, a long
+        poll) that waits in `receive` is woken to get `http.disconnect` (protocols/body.py
+        says when), so it can end its stream instead of holding the shutdown until
+        --timeout-graceful-shutdown; an app still reading its request body reads it all."""
+        if self.started and not self.complete:
+            self._wake()
+
+    def _end_stopped_response(self) -> bool:
+        """The app returned with its response open after `receive` told it of the shutdown
+        (`stopped`): end the response for it, whole (HTTP/1.1's last chunk, HTTP/2's
+        END_STREAM), as an app that ends its stream on `http.disconnect` means it to end.
+        False when it cannot end whole: bytes of its Content-Length are missing."""
+        if self.length_left > 0 and not self.head_only:
+            return False
+        try:
+            ext = self.ext
+            if ext is not None and ext.trailers:  # trailers it said it would send: those so far
+                if not self.head_written:
+                    self.send_body(b"", True)
+                blocks = ext.trailers
+                ext.trailers = None
+                self.write_trailers(blocks)
+                self.finish_response()
+            else:
+                if ext is not None:
+                    ext.trailers = None  # promised, none given: the body just ends
+                self.send_body(b"", False)
+        except Exception as exc:  # the response cannot be ended (the connection is gone)
+            error_logger.debug("Could not end the response at shutdown: %r", exc)
+            return False
+        return self.complete
 
     def _wake(self) -> None:
         waiter = self.waiter

@@ -1298,8 +1298,12 @@ class HttpProtocol(asyncio.Protocol):
         self._close()
 
     def shutdown(self) -> None:
-        """Graceful shutdown: close if idle, else close after the requests already read."""
+        """Graceful shutdown: close if idle, else close after the requests already read (an
+        app streaming its response is told the connection ends: `RequestCycle.shutdown`)."""
         self.pause_reading(_PAUSED_FOR_SHUTDOWN)
+        active = self._active
+        if active is not None:
+            active.shutdown()
         if self._active is None and self._next is None:
             self._close()
 

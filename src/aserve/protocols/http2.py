@@ -1727,7 +1727,8 @@ class Http2Protocol(asyncio.Protocol):
         crosses it on the wire has a higher id, which tells the client it was not processed
         and may be retried elsewhere. One with streams open gets the two-step GOAWAY of
         `_start_goaway`, which admits the requests already on their way. A connection
-        lingering after its last frame (`_close`) closes now, as HTTP/1.1's does.
+        lingering after its last frame (`_close`) closes now, as HTTP/1.1's does. An app
+        streaming a response is told the connection ends (`RequestCycle.shutdown`).
         """
         if self._lingering:
             transport = self.transport
@@ -1736,6 +1737,8 @@ class Http2Protocol(asyncio.Protocol):
             else:
                 transport.close()
             return
+        for stream in list(self._streams.values()):
+            stream.shutdown()
         if self._goaway == 0:
             if len(self._streams) == 0 and self._block is None:
                 self._final_goaway()

@@ -641,10 +641,14 @@ class WebSocketProtocol(asyncio.Protocol):
                 transport.close()
 
     def shutdown(self) -> None:
-        """Graceful shutdown: close open WebSockets with 1012; refuse pending handshakes."""
+        """Graceful shutdown: close open WebSockets with 1001 (going away), or 1012 (service
+        restart) when this process is being replaced; refuse pending handshakes."""
         phase = self._phase
         if phase is OPEN:
-            self._close(1012, "service restart")
+            if self.state.restarting:
+                self._close(1012, "service restart")
+            else:
+                self._close(1001, "going away")
         elif phase is CONNECTING and self._denial is None:
             self._reject(self._rejection(503, "Service Unavailable\n"))
         elif phase is CLOSING and self.protocol.eof_sent:
