@@ -12,6 +12,7 @@ def _seen(scope) -> dict:
     return {
         "instance": INSTANCE,
         "pid": os.getpid(),
+        "http_version": scope["http_version"],
         "client": list(scope["client"]) if scope.get("client") else None,
         "scheme": scope["scheme"],
         "path": scope["path"],
@@ -37,10 +38,28 @@ async def app(scope, receive, send):
         more = message.get("more_body", False)
     if scope["path"] == "/slow":
         await asyncio.sleep(0.2)
+    if scope["path"] == "/stream":
+        return await _stream(scope, send)
     body = json.dumps({**_seen(scope), "body_size": size}).encode()
     headers = [(b"content-type", b"application/json")]
     await send({"type": "http.response.start", "status": 200, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+async def _stream(scope, send):
+    """A first chunk, then a second once the client made the file named by the query string
+    (it does on reading the first): "released", or "not released" after 10 s, which is what a
+    proxy that held the first chunk back would get."""
+    marker = scope["query_string"].decode()
+    headers = [(b"content-type", b"text/plain")]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": b"first\n", "more_body": True})
+    for _ in range(500):
+        if os.path.exists(marker):
+            break
+        await asyncio.sleep(0.02)
+    last = b"released\n" if os.path.exists(marker) else b"not released\n"
+    await send({"type": "http.response.body", "body": last})
 
 
 async def _websocket(scope, receive, send):

@@ -1,10 +1,12 @@
-"""aserve behind a real HAProxy: two instances balanced, failover, PROXY protocol v2."""
+"""aserve behind a real HAProxy: two instances balanced, failover, PROXY protocol v2, h2c."""
 
 from __future__ import annotations
 
 import json
 import socket
+from pathlib import Path
 
+import httpx
 import pytest
 from e2e_support import PROXY_V2, aserve, haproxy, http_get, require_option
 from websockets.sync.client import connect
@@ -56,3 +58,34 @@ def test_proxy_protocol_v2(tmp_path):
     assert sorted(seen["instance"] for seen, _ in answers) == ["a", "a", "b", "b"]
     for seen, client_port in answers:
         assert seen["client"] == [CLIENT, client_port]
+
+
+def test_h2c_to_aserve(tmp_path: Path):
+    """HAProxy speaking HTTP/2 in cleartext to aserve (`server ... proto h2`), as a proxy or a
+    platform does in front of an app: the requests arrive as HTTP/2, the client's address
+    comes from X-Forwarded-For, a large POST body arrives whole and a streamed response is
+    passed on as it is sent."""
+    with (
+        aserve(instance="a") as a,
+        aserve(instance="b") as b,
+        haproxy(tmp_path, [a.address, b.address], "proto h2") as proxy,
+    ):
+        seen = [get_from(proxy.port, f"/{n}")[0] for n in range(4)]
+        url = f"http://127.0.0.1:{proxy.port}"
+        body = bytes(range(256)) * 4096  # 1 MiB: several windows of aserve's HTTP/2 streams
+        posted = httpx.post(f"{url}/post", content=body, timeout=20).json()
+        marker = tmp_path / "first-chunk-read"
+        with httpx.stream("GET", f"{url}/stream?{marker}", timeout=20) as response:
+            chunks = response.iter_raw()
+            first = next(chunks)
+            marker.touch()  # the app sends the rest once it sees this
+            rest = b"".join(chunks)
+    assert [s["http_version"] for s in seen] == ["2"] * 4
+    assert [s["instance"] for s in seen] == ["a", "b"] * 2
+    assert {s["client"][0] for s in seen} == {CLIENT}
+    assert [s["path"] for s in seen] == [f"/{n}" for n in range(4)]
+    assert posted["http_version"] == "2"
+    assert posted["body_size"] == len(body)
+    assert response.status_code == 200
+    assert first == b"first\n"  # before the app sent the rest: not buffered by HAProxy
+    assert rest == b"released\n"
