@@ -25,6 +25,8 @@ from processes import wait_for as wait_for  # the tests import it from here
 HERE = Path(__file__).parent
 # What each HAProxy server line gets for PROXY protocol v2 (docs/deployment.md shows it).
 PROXY_V2 = "send-proxy-v2 check-send-proxy"
+# And for HTTP/2 in cleartext to aserve (h2c).
+H2C = "proto h2"
 
 
 def require(binary: str) -> str:

@@ -2,7 +2,8 @@
 
 from pathlib import Path
 
-from e2e_support import PROXY_V2, render
+import pytest
+from e2e_support import H2C, PROXY_V2, render
 
 DEPLOYMENT = Path(__file__).parents[2] / "docs" / "deployment.md"
 
@@ -26,7 +27,8 @@ def test_haproxy_config_is_documented():
     assert config in DEPLOYMENT.read_text()
 
 
-def test_haproxy_proxy_protocol_servers_are_documented():
-    config = render("haproxy.cfg", **HAPROXY_DOC_VALUES, SERVER_OPTIONS=f" {PROXY_V2}")
+@pytest.mark.parametrize("options", [PROXY_V2, H2C])
+def test_haproxy_servers_with_options_are_documented(options):
+    config = render("haproxy.cfg", **HAPROXY_DOC_VALUES, SERVER_OPTIONS=f" {options}")
     servers = [line for line in config.splitlines() if line.lstrip().startswith("server ")]
     assert "\n".join(servers) in DEPLOYMENT.read_text()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from e2e_support import PROXY_V2, aserve, haproxy, http_get, require_option
+from e2e_support import H2C, PROXY_V2, aserve, haproxy, http_get, require_option
 from websockets.sync.client import connect
 
 pytestmark = pytest.mark.once
@@ -68,7 +68,7 @@ def test_h2c_to_aserve(tmp_path: Path):
     with (
         aserve(instance="a") as a,
         aserve(instance="b") as b,
-        haproxy(tmp_path, [a.address, b.address], "proto h2") as proxy,
+        haproxy(tmp_path, [a.address, b.address], H2C) as proxy,
     ):
         seen = [get_from(proxy.port, f"/{n}")[0] for n in range(4)]
         url = f"http://127.0.0.1:{proxy.port}"
