@@ -60,8 +60,9 @@ test: lint
 	then echo "== again on the pure-Python hot path (ASERVE_NO_EXTENSIONS=1) =="; \
 	ASERVE_NO_EXTENSIONS=1 $(VENV)/bin/python -m pytest -m 'not once' $(PYTEST_ARGS); fi
 
-# aserve behind real nginx and HAProxy (tests/e2e): installs them with apt-get when missing. If
-# that fails (not root, no registry) the tests still run and show as skipped, naming the binary.
+# aserve behind real nginx and HAProxy (tests/e2e): installs them with apt-get when missing (with
+# nghttp2-client and Chromium, which tests/test_http2.py drives). If that fails (not root, no
+# registry) the tests still run and show as skipped, naming the binary.
 .PHONY: test-e2e
 test-e2e: $(VENV)/.installed-dev
 	@bash tests/e2e/install-proxies.sh || echo "WARNING: tests/e2e will be skipped (see above)" >&2

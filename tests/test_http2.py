@@ -500,6 +500,95 @@ def test_h2load_loses_no_request():
         assert "2000 succeeded, 0 failed, 0 errored, 0 timeout" in result.stdout, result.stdout
 
 
+_CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+# A page, a stylesheet and two fetches: the page writes what Resource Timing says of each
+# (`nextHopProtocol`) into the DOM, which Chromium's --dump-dom prints.
+_PAGE = b"""<!doctype html>
+<html><head><link rel="stylesheet" href="/style.css"></head>
+<body><pre id="out">pending</pre><script>
+(async () => {
+  const texts = await Promise.all(["/one", "/two"].map(async (p) => (await fetch(p)).text()));
+  let entries = [];
+  for (let i = 0; i < 500 && entries.length < 3; i++) {
+    await new Promise((done) => setTimeout(done, 10));
+    entries = performance.getEntriesByType("resource");
+  }
+  const seen = [performance.getEntriesByType("navigation")[0], ...entries].map(
+    (entry) => [new URL(entry.name).pathname, entry.nextHopProtocol]);
+  document.getElementById("out").textContent = JSON.stringify({texts, seen});
+})();
+</script></body></html>"""
+
+
+@pytest.mark.once
+@pytest.mark.skipif(
+    _CHROMIUM is None,
+    reason="chromium is not installed (tests/e2e/install-proxies.sh: apt-get install chromium)",
+)
+def test_chromium_loads_a_page_and_its_fetches_over_h2(certs, tmp_path):
+    """Headless Chromium over TLS, trusting our certificate by its key (SPKI), not by turning
+    checks off: the page, its stylesheet and its fetches all go over HTTP/2 (ALPN `h2`), as
+    the browser's Resource Timing and the app's scope both say."""
+    import base64
+    import hashlib
+    import html
+    import re
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    versions: dict[str, str] = {}
+
+    async def app(scope, receive, send):
+        versions[scope["path"]] = scope["http_version"]
+        path = scope["path"]
+        if path == "/":
+            body, kind = _PAGE, b"text/html"
+        elif path == "/style.css":
+            body, kind = b"pre { color: black }", b"text/css"
+        else:
+            body, kind = path.encode(), b"text/plain"
+        await send(
+            {"type": "http.response.start", "status": 200, "headers": [(b"content-type", kind)]}
+        )
+        await send({"type": "http.response.body", "body": body})
+
+    with open(certs["ssl_certfile"], "rb") as file:
+        key = x509.load_pem_x509_certificate(file.read()).public_key()
+    spki = key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    pin = base64.b64encode(hashlib.sha256(spki).digest()).decode()
+    with serve(app, **_tls_options(certs)) as server:
+        assert _CHROMIUM is not None
+        result = subprocess.run(
+            [
+                _CHROMIUM,
+                "--headless",
+                "--no-sandbox",  # as root in a container
+                "--disable-gpu",
+                f"--user-data-dir={tmp_path / 'profile'}",
+                f"--ignore-certificate-errors-spki-list={pin}",
+                "--virtual-time-budget=20000",  # --dump-dom waits for the page's script
+                "--dump-dom",
+                f"https://127.0.0.1:{server.port}/",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    out = re.search(r'<pre id="out">(.*?)</pre>', result.stdout, re.DOTALL)
+    assert out is not None, result.stdout[-2000:] + result.stderr[-2000:]
+    page = json.loads(html.unescape(out.group(1)))
+    assert page["texts"] == ["/one", "/two"]
+    protocols = {path: protocol for path, protocol in page["seen"]}  # (and /favicon.ico)
+    paths = ("/", "/style.css", "/one", "/two")
+    assert set(paths) <= protocols.keys(), page
+    assert set(protocols.values()) == {"h2"}, page
+    assert [versions[path] for path in paths] == ["2"] * 4
+
+
 # -- bodies and flow control ---------------------------------------------------------------------
 
 
