@@ -21,7 +21,8 @@ $(VENV)/bin/python:
 # fails (setup.py then installs the pure-Python hot path) none from an earlier build lingers to
 # be imported. Other interpreters' copies (.venv-3.11, ...) have other names and stay.
 HOT_PATH := $(addprefix src/aserve/,protocols/cycle.py protocols/http.py protocols/http2.py \
-	protocols/headers.py protocols/hpack.py state.py flow_control.py tasks.py metrics.py)
+	protocols/headers.py protocols/hpack.py protocols/wsframes.py state.py flow_control.py \
+	tasks.py metrics.py)
 $(VENV)/.installed: $(VENV)/bin/python pyproject.toml setup.py $(HOT_PATH)
 	find src -name "*$$($(VENV)/bin/python -c \
 		'import sysconfig; print(sysconfig.get_config_var("EXT_SUFFIX") or ".none")')" -delete

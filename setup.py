@@ -25,6 +25,7 @@ COMPILED_MODULES = [
     "src/aserve/protocols/http2.py",
     "src/aserve/protocols/headers.py",
     "src/aserve/protocols/hpack.py",
+    "src/aserve/protocols/wsframes.py",
     "src/aserve/state.py",
     "src/aserve/flow_control.py",
     "src/aserve/tasks.py",

@@ -20,6 +20,7 @@ HOT_PATH_MODULES = (
     "aserve.protocols.hpack",
     "aserve.protocols.http",
     "aserve.protocols.http2",
+    "aserve.protocols.wsframes",
     "aserve.state",
     "aserve.tasks",
 )

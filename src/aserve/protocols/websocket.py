@@ -2,9 +2,12 @@
 
 `HttpProtocol` parses the upgrade request and hands over the transport; from there this class
 moves bytes in and out of the sans-I/O object (`receive_data` -> `events_received` ->
-`data_to_send`) and translates its events to and from ASGI messages. Framing, masking, the
-handshake checks, close codes and per-message-deflate are all `websockets`' work; nothing here
-parses a frame.
+`data_to_send`) and translates its events to and from ASGI messages. The handshake checks,
+control frames, fragmentation, close codes and per-message-deflate are all `websockets`' work.
+The one exception is the common message, a whole uncompressed text or binary frame:
+`protocols/wsframes.py` (compiled) reads and builds those while the connection is open, and
+hands every other frame to websockets at a frame boundary, so that its state stays what it
+would have been had it read them all.
 
 Connection states (`_phase`), seen from the app and the transport:
   connecting  handshake validated, waiting for the app's accept, close or denial response
@@ -12,7 +15,8 @@ Connection states (`_phase`), seen from the app and the transport:
   closing     a Close frame or an HTTP rejection is out; waiting (bounded) for the peer
   closed      the transport is gone
 
-The hot path (one message in, one out) costs no Task, no closure and one `transport.write`.
+The hot path (one message in, one out) costs no Task, no closure, no call into websockets
+and one `transport.write`.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ from aserve.logging import (
     escape_bytes,
 )
 from aserve.protocols.headers import encode_headers, status_line
+from aserve.protocols.wsframes import FrameReader, binary_frame, text_frame
 from aserve.status import reason_phrase
 from aserve.tasks import start_task
 
@@ -127,6 +132,7 @@ class WebSocketProtocol(asyncio.Protocol):
         "_denial_body",
         "_disconnect",
         "_early",
+        "_fast_send",
         "_fragments",
         "_low_water",
         "_max_queue",
@@ -136,6 +142,7 @@ class WebSocketProtocol(asyncio.Protocol):
         "_ping_payload",
         "_ping_timeout",
         "_queue",
+        "_reader",
         "_response",
         "_timer",
         "_waiter",
@@ -181,6 +188,11 @@ class WebSocketProtocol(asyncio.Protocol):
         self._fragments: list[Any] | None = None
         self._decoder: codecs.IncrementalDecoder | None = None
         self._paused = 0
+        # The fast path for common frames (protocols/wsframes.py), set up on accept: the reader
+        # for incoming ones while the connection is open, and whether outgoing messages may be
+        # framed here (not when permessage-deflate compresses them).
+        self._reader: FrameReader | None = None
+        self._fast_send = False
         self.flow = WriteFlow(self.loop)
         self._timer: asyncio.TimerHandle | None = None
         self._ping_interval = config.ws_ping_interval
@@ -353,20 +365,26 @@ class WebSocketProtocol(asyncio.Protocol):
         kind = message["type"]
         if phase is OPEN:
             if kind == "websocket.send":
-                protocol = self.protocol
                 text = message.get("text")
                 if text is not None:
                     data = text.encode()
-                    protocol.send_text(data)
+                    if self._fast_send:
+                        self.transport.write(text_frame(data))
+                    else:
+                        self.protocol.send_text(data)
+                        self._write(self.protocol.data_to_send())
                 else:
                     data = message.get("bytes")
                     if data is None:
                         raise RuntimeError("'websocket.send' needs 'text' or 'bytes'")
-                    protocol.send_binary(data)
+                    if self._fast_send and type(data) is bytes:
+                        self.transport.write(binary_frame(data))
+                    else:
+                        self.protocol.send_binary(data)
+                        self._write(self.protocol.data_to_send())
                 metrics = self.state.metrics
                 if metrics is not None:
                     metrics.websocket_sent(len(data))
-                self._write(protocol.data_to_send())
                 if not self.flow.paused:
                     return READY
             elif kind == "websocket.close":
@@ -416,6 +434,10 @@ class WebSocketProtocol(asyncio.Protocol):
         self._send_response(response)
         self._phase = OPEN
         self._accepted = True
+        protocol = self.protocol
+        if not protocol.debug:  # (with websockets' frame dumps on, every frame goes through it)
+            self._reader = FrameReader(self.state.config.ws_max_size, self.state.metrics)
+            self._fast_send = not protocol.extensions
         if self.state.metrics is not None:
             self.state.metrics.websocket_accepted()
         self._log_access("[accepted]")
@@ -485,7 +507,16 @@ class WebSocketProtocol(asyncio.Protocol):
     # -- asyncio callbacks -----------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
-        if self._phase is CONNECTING:
+        reader = self._reader
+        if reader is not None:  # open, and the common frames read here
+            for message in reader.feed(data):
+                self._deliver(message)
+            rest = reader.rest
+            if rest is None:
+                return
+            reader.rest = None
+            data = rest
+        elif self._phase is CONNECTING:
             self._early.append(data)
             self._pause_reading(_PAUSED_EARLY)
             return
@@ -515,6 +546,7 @@ class WebSocketProtocol(asyncio.Protocol):
             self._write(writes)
 
     def eof_received(self) -> bool | None:
+        self._reader = None
         if self._phase is not CLOSING:
             self._phase = CLOSING
             self._cancel_timer()
@@ -523,6 +555,7 @@ class WebSocketProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._phase = CLOSED
+        self._reader = None
         self.state.connections.discard(self)
         if self._accepted and self.state.metrics is not None:
             self._accepted = False
@@ -605,12 +638,23 @@ class WebSocketProtocol(asyncio.Protocol):
         # Reading goes on (data frames are dropped now) so the peer's Close reply or EOF is
         # seen; the timer bounds the wait.
         self._phase = CLOSING
+        self._stop_reader()
         self._fragments = self._decoder = None
         self._set_disconnect(code, reason)
         self._resume_reading(_PAUSED_QUEUE | _PAUSED_EARLY)  # the peer's Close must be read
         self._cancel_timer()
         self._ping_payload = None
         self._timer = self.loop.call_later(self.state.config.ws_close_timeout, self.abort)
+
+    def _stop_reader(self) -> None:
+        """Leaving the open state: from now on websockets reads every byte, beginning with the
+        start of a frame the reader kept (websockets needs all of that frame's bytes)."""
+        reader = self._reader
+        if reader is not None:
+            self._reader = None
+            self._fast_send = False
+            if reader.pending is not None:
+                self.protocol.receive_data(reader.pending)
 
     def _flush(self) -> None:
         writes = self.protocol.data_to_send()
@@ -629,6 +673,7 @@ class WebSocketProtocol(asyncio.Protocol):
             # A server shutting down does not wait for the peer.
             if self._phase is not CLOSING:
                 self._phase = CLOSING
+                self._stop_reader()
                 self._cancel_timer()
                 self._timer = self.loop.call_later(self.state.config.ws_close_timeout, self.abort)
             self._resume_reading(_PAUSED_QUEUE | _PAUSED_EARLY)
