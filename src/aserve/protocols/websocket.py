@@ -38,7 +38,7 @@ from websockets.protocol import State
 from websockets.server import ServerProtocol
 
 from aserve.asgi import ASGI_VERSION, WEBSOCKET_SPEC_VERSION, ClientDisconnected
-from aserve.flow_control import READY, WriteFlow
+from aserve.flow_control import READY, UNPAUSED, WriteFlow
 from aserve.logging import (
     TRACE,
     AccessRecord,
@@ -50,12 +50,12 @@ from aserve.logging import (
 from aserve.protocols.headers import encode_headers, status_line
 from aserve.protocols.wsframes import FrameReader, binary_frame, text_frame
 from aserve.status import reason_phrase
-from aserve.tasks import start_task
+from aserve.tasks import start_app, task_done, task_exception
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable
 
-    from aserve.asgi import ASGIApp, Message
+    from aserve.asgi import Message
     from aserve.state import ServerState
 
 CONNECTING = "connecting"
@@ -176,15 +176,17 @@ class WebSocketProtocol(asyncio.Protocol):
         self.task: asyncio.Task[None] | None = None
         self._phase = CONNECTING
         self._accepted = False  # the app accepted: counted open in metrics until lost
-        self._queue: deque[Message] = deque(({"type": "websocket.connect"},))
+        # Messages the app has not received yet; None while there are none (an idle
+        # connection keeps no deque).
+        self._queue: deque[Message] | None = deque(({"type": "websocket.connect"},))
         self._max_queue = config.ws_max_queue
         self._low_water = config.ws_max_queue // 2
         self._waiter: asyncio.Future[Message] | None = None
         self._disconnect: Message | None = None
-        self._early: list[bytes] = []
+        self._early: list[bytes] | None = None
         self._response: Response | None = None
         self._denial: tuple[int, list[tuple[bytes, bytes]]] | None = None
-        self._denial_body: list[bytes] = []
+        self._denial_body: list[bytes] | None = None
         self._fragments: list[Any] | None = None
         self._decoder: codecs.IncrementalDecoder | None = None
         self._paused = 0
@@ -193,7 +195,7 @@ class WebSocketProtocol(asyncio.Protocol):
         # framed here (not when permessage-deflate compresses them).
         self._reader: FrameReader | None = None
         self._fast_send = False
-        self.flow = WriteFlow(self.loop)
+        self.flow = UNPAUSED  # a WriteFlow of its own once the transport pauses us
         self._timer: asyncio.TimerHandle | None = None
         self._ping_interval = config.ws_ping_interval
         self._ping_timeout = config.ws_ping_timeout
@@ -206,7 +208,7 @@ class WebSocketProtocol(asyncio.Protocol):
         state = self.state
         state.connections.add(self)
         if trailing:
-            self._early.append(trailing)
+            self._early = [trailing]
             self._pause_reading(_PAUSED_EARLY)
         try:
             response, headers = self._handshake_response()
@@ -225,11 +227,17 @@ class WebSocketProtocol(asyncio.Protocol):
             return
         self._response = response
         self.scope = _websocket_scope(self.scope, headers)
-        task = start_task(self.loop, self._run(state.app), state.base_context)
-        if not task.done():
+        # The app's own coroutine is the Task's (no wrapper frame kept for the connection's
+        # life); its outcome is read from the Task, in the server's context (no copy).
+        task = start_app(
+            self.loop, state.app, self.scope, self.receive, self.send, state.base_context
+        )
+        if task_done(task):
+            self._app_done(task)
+        else:
             self.task = task
             state.tasks.add(task)
-            task.add_done_callback(state.tasks.discard)
+            task.add_done_callback(self._app_done, context=state.callback_context)
 
     def _handshake_response(self) -> tuple[Response, Headers]:
         """websockets' verdict on the request: a 101 to send on accept, or an HTTP error."""
@@ -267,20 +275,22 @@ class WebSocketProtocol(asyncio.Protocol):
 
     # -- the app call ----------------------------------------------------------------------
 
-    async def _run(self, app: ASGIApp) -> None:
+    def _app_done(self, task: asyncio.Task[Any]) -> None:
+        """The app call is over: returned, raised or cancelled."""
+        self.task = None
+        self.state.tasks.discard(task)
         try:
-            result = await app(self.scope, self.receive, self.send)
+            exc = task_exception(task)
         except asyncio.CancelledError:
             self.abort()
-            raise
-        except BaseException as exc:
+            return
+        if exc is not None:
             self._app_failed(exc)
-            if not isinstance(exc, Exception):
-                raise
-        else:
-            if result is not None:
-                error_logger.error("ASGI callable returned a value instead of None: %r", result)
-            self._app_returned()
+            return
+        result = task.result()
+        if result is not None:
+            error_logger.error("ASGI callable returned a value instead of None: %r", result)
+        self._app_returned()
 
     def _app_failed(self, exc: BaseException) -> None:
         if self._disconnect is not None:
@@ -312,6 +322,8 @@ class WebSocketProtocol(asyncio.Protocol):
         queue = self._queue
         if queue:
             message = queue.popleft()
+            if not queue:
+                self._queue = None
             if self._paused & _PAUSED_QUEUE and len(queue) <= self._low_water:
                 self._resume_reading(_PAUSED_QUEUE)
             return message
@@ -327,7 +339,9 @@ class WebSocketProtocol(asyncio.Protocol):
             elif waiter.done() and not waiter.cancelled():
                 message = waiter.result()
                 if message is not self._disconnect:
-                    queue.appendleft(message)
+                    if self._queue is None:
+                        self._queue = deque()
+                    self._queue.appendleft(message)
             raise
 
     def _deliver(self, message: Message) -> None:
@@ -338,6 +352,8 @@ class WebSocketProtocol(asyncio.Protocol):
                 waiter.set_result(message)
                 return
         queue = self._queue
+        if queue is None:
+            queue = self._queue = deque()
         queue.append(message)
         if len(queue) >= self._max_queue:
             self._pause_reading(_PAUSED_QUEUE)
@@ -438,14 +454,15 @@ class WebSocketProtocol(asyncio.Protocol):
         if not protocol.debug:  # (with websockets' frame dumps on, every frame goes through it)
             self._reader = FrameReader(self.state.config.ws_max_size, self.state.metrics)
             self._fast_send = not protocol.extensions
+            _drop_parser(protocol)  # nothing fed to it yet: it stands between frames
         if self.state.metrics is not None:
             self.state.metrics.websocket_accepted()
         self._log_access("[accepted]")
         if self._ping_interval is not None:
-            self._timer = self.loop.call_later(self._ping_interval, self._on_keepalive)
-        if self._early:
+            self._arm(self._ping_interval)
+        if self._early is not None:
             data = b"".join(self._early)
-            self._early = []
+            self._early = None
             self._resume_reading(_PAUSED_EARLY)
             self.data_received(data)
 
@@ -460,13 +477,15 @@ class WebSocketProtocol(asyncio.Protocol):
             raise RuntimeError(
                 f"expected ASGI message 'websocket.http.response.body', got {kind!r}"
             )
+        if self._denial_body is None:
+            self._denial_body = []
         self._denial_body.append(bytes(message.get("body", b"")))
         if message.get("more_body", False):
             return
         assert self._denial is not None
         status, raw_headers = self._denial
         body = b"".join(self._denial_body)
-        self._denial_body = []
+        self._denial_body = None
         headers = Headers()
         for name, value in raw_headers:
             if name.lower() not in (b"content-length", b"transfer-encoding", b"connection"):
@@ -479,7 +498,7 @@ class WebSocketProtocol(asyncio.Protocol):
     def _reject(self, response: Response) -> None:
         """Answer the handshake with an HTTP response and close: no WebSocket was opened."""
         self._set_disconnect(1006)
-        self._early = []
+        self._early = None
         self._send_response(response)
 
     def _rejection(self, status: int, text: str) -> Response:
@@ -517,10 +536,14 @@ class WebSocketProtocol(asyncio.Protocol):
             reader.rest = None
             data = rest
         elif self._phase is CONNECTING:
+            if self._early is None:
+                self._early = []
             self._early.append(data)
             self._pause_reading(_PAUSED_EARLY)
             return
         protocol = self.protocol
+        if protocol.parser is None:
+            _restore_parser(protocol)
         protocol.receive_data(data)
         events = protocol.events_received()
         metrics = self.state.metrics
@@ -544,6 +567,9 @@ class WebSocketProtocol(asyncio.Protocol):
         writes = protocol.data_to_send()  # pongs, Close replies: usually nothing
         if writes:
             self._write(writes)
+        reader = self._reader
+        if reader is not None and not reader.owed and not reader.head:
+            _drop_parser(protocol)  # between frames again (a ping's, say), until the next
 
     def eof_received(self) -> bool | None:
         self._reader = None
@@ -561,12 +587,15 @@ class WebSocketProtocol(asyncio.Protocol):
             self._accepted = False
             self.state.metrics.websocket_closed()
         self._cancel_timer()
-        self._early = []
+        self._early = None
         self._set_disconnect(1006)
         self.flow.resume()  # a waiting sender wakes and its next send raises
 
     def pause_writing(self) -> None:
-        self.flow.pause()
+        flow = self.flow
+        if flow is UNPAUSED:
+            flow = self.flow = WriteFlow(self.loop)
+        flow.pause()
 
     def resume_writing(self) -> None:
         self.flow.resume()
@@ -644,7 +673,7 @@ class WebSocketProtocol(asyncio.Protocol):
         self._resume_reading(_PAUSED_QUEUE | _PAUSED_EARLY)  # the peer's Close must be read
         self._cancel_timer()
         self._ping_payload = None
-        self._timer = self.loop.call_later(self.state.config.ws_close_timeout, self.abort)
+        self._arm(self.state.config.ws_close_timeout)
 
     def _stop_reader(self) -> None:
         """Leaving the open state: from now on websockets reads every byte, beginning with the
@@ -653,8 +682,11 @@ class WebSocketProtocol(asyncio.Protocol):
         if reader is not None:
             self._reader = None
             self._fast_send = False
+            protocol = self.protocol
+            if protocol.parser is None:
+                _restore_parser(protocol)
             if reader.pending is not None:
-                self.protocol.receive_data(reader.pending)
+                protocol.receive_data(reader.pending)
 
     def _flush(self) -> None:
         writes = self.protocol.data_to_send()
@@ -675,7 +707,7 @@ class WebSocketProtocol(asyncio.Protocol):
                 self._phase = CLOSING
                 self._stop_reader()
                 self._cancel_timer()
-                self._timer = self.loop.call_later(self.state.config.ws_close_timeout, self.abort)
+                self._arm(self.state.config.ws_close_timeout)
             self._resume_reading(_PAUSED_QUEUE | _PAUSED_EARLY)
             if transport.can_write_eof() and not self.state.shutting_down:
                 try:
@@ -724,16 +756,30 @@ class WebSocketProtocol(asyncio.Protocol):
         self._flush()
         if self._ping_timeout is not None:
             self._ping_payload = payload
-            self._timer = self.loop.call_later(self._ping_timeout, self._on_keepalive)
+            self._arm(self._ping_timeout)
         else:
             assert self._ping_interval is not None
-            self._timer = self.loop.call_later(self._ping_interval, self._on_keepalive)
+            self._arm(self._ping_interval)
+
+    def _arm(self, delay: float) -> None:
+        """Arm the connection's one timer. The protocol itself is the callback (`__call__`),
+        run in the server's callback context: no bound method and no context copy kept per
+        connection while it idles."""
+        self._timer = self.loop.call_later(delay, self, context=self.state.callback_context)
+
+    def __call__(self) -> None:
+        """The timer fires: time for a keepalive ping (or its pong is overdue) while open;
+        the bounded wait for the peer to close is over otherwise."""
+        if self._phase is OPEN:
+            self._on_keepalive()
+        else:
+            self.abort()
 
     def _on_pong(self) -> None:
         self._ping_payload = None
         self._cancel_timer()
         assert self._ping_interval is not None
-        self._timer = self.loop.call_later(self._ping_interval, self._on_keepalive)
+        self._arm(self._ping_interval)
 
     def _cancel_timer(self) -> None:
         if self._timer is not None:
@@ -782,6 +828,24 @@ class WebSocketProtocol(asyncio.Protocol):
             outcome,
             extra=extra,
         )
+
+
+def _drop_parser(protocol: ServerProtocol) -> None:
+    """Free websockets' parser (a stack of three suspended generators, some 700 bytes) while
+    protocols/wsframes.py reads the frames, on a connection where websockets stands between
+    frames with nothing buffered: an idle WebSocket is then smaller. Not on a compressed
+    connection (most of its frames go through websockets) nor once closing."""
+    if protocol.state is _WS_OPEN and not protocol.extensions and not protocol.reader.buffer:
+        protocol.parser = None
+
+
+def _restore_parser(protocol: ServerProtocol) -> None:
+    """A fresh parser for websockets, before it reads again. The one dropped was suspended
+    at the top of its loop, between frames, and kept nothing there that the protocol object
+    does not (the size of a fragmented message so far, the state): a new one started stands
+    exactly where it stood."""
+    parser = protocol.parser = protocol.parse()
+    next(parser)
 
 
 def _websocket_scope(http_scope: dict[str, Any], headers: Headers) -> dict[str, Any]:
