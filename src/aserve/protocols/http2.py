@@ -108,6 +108,7 @@ SETTINGS_MAX_CONCURRENT_STREAMS: Final = 0x3
 SETTINGS_INITIAL_WINDOW_SIZE: Final = 0x4
 SETTINGS_MAX_FRAME_SIZE: Final = 0x5
 SETTINGS_MAX_HEADER_LIST_SIZE: Final = 0x6
+SETTINGS_ENABLE_CONNECT_PROTOCOL: Final = 0x8  # RFC 8441, 3: WebSockets over HTTP/2
 
 DEFAULT_WINDOW: Final = 65535
 DEFAULT_FRAME_SIZE: Final = 16384
@@ -245,6 +246,7 @@ class Http2Stream(RequestCycle):
         "started_at",
         "stream_id",
         "task",
+        "tunnel",
     )
 
     def __init__(
@@ -269,6 +271,10 @@ class Http2Stream(RequestCycle):
         # The app's Task while it runs on past `run_app`: a stream reset before it ends still
         # counts against the concurrency limit (`Http2Protocol._hold`).
         self.app_task: asyncio.Task[Any] | None = None
+        # What the stream carries instead of a request, opened by an extended CONNECT (RFC
+        # 8441): a WebSocket's transport (protocols/websocket_h2.py), which takes its DATA,
+        # its end and its loss; None once the WebSocket is over.
+        self.tunnel: Any = None
 
     # -- the contract's framing hooks ------------------------------------------------------
 
@@ -381,6 +387,12 @@ class Http2Stream(RequestCycle):
 
     def abort(self) -> None:
         self.conn.reset_stream(self, INTERNAL_ERROR)
+
+    def lose_connection(self) -> None:
+        super().lose_connection()
+        tunnel = self.tunnel
+        if tunnel is not None:
+            tunnel.lost()
 
     # -- driven by the connection ----------------------------------------------------------
 
@@ -906,6 +918,7 @@ class Http2Protocol(asyncio.Protocol):
         scheme = b""
         path = b""
         authority: bytes | None = None
+        protocol: bytes | None = None
         host: bytes | None = None
         headers: list[Any] = []
         pseudo_done = False
@@ -938,6 +951,12 @@ class Http2Protocol(asyncio.Protocol):
                     if authority is not None:
                         raise StreamRejected("duplicate :authority")
                     authority = value
+                elif name == b":protocol" and state.websockets:
+                    # Announced with SETTINGS_ENABLE_CONNECT_PROTOCOL (RFC 8441, 4); without
+                    # it, an unknown pseudo-header.
+                    if protocol is not None:
+                        raise StreamRejected("duplicate :protocol")
+                    protocol = value
                 else:
                     raise StreamRejected(f"pseudo-header {name!r} in a request")
                 continue
@@ -978,7 +997,16 @@ class Http2Protocol(asyncio.Protocol):
             raise RequestRejected(FIELDS_TOO_LARGE, "too many header fields")
         if len(method) == 0:
             raise StreamRejected("no :method")
-        if method == b"CONNECT":
+        if protocol is not None:
+            # An extended CONNECT (RFC 8441, 4): a request in form, with :scheme and :path
+            # (checked below), that opens a tunnel; a WebSocket is the one aserve speaks.
+            if method != b"CONNECT":
+                raise StreamRejected(":protocol in a request other than CONNECT")
+            if _TOKEN.fullmatch(protocol) is None:
+                raise StreamRejected("invalid :protocol")
+            if protocol.lower() != b"websocket":
+                raise RequestRejected(NOT_IMPLEMENTED, "CONNECT :protocol is not websocket")
+        elif method == b"CONNECT":
             if len(scheme) > 0 or len(path) > 0 or authority is None:
                 raise StreamRejected("CONNECT needs :authority only")
             raise RequestRejected(NOT_IMPLEMENTED, "CONNECT is not supported")
@@ -1039,7 +1067,11 @@ class Http2Protocol(asyncio.Protocol):
             self._proxy if forwarded else None,
         )
         stream = Http2Stream(self, stream_id, scope, method_text == "HEAD")
-        if state.metrics is not None:
+        if protocol is not None:
+            from aserve.protocols.websocket_h2 import open_websocket
+
+            stream.tunnel = open_websocket(self, stream)
+        elif state.metrics is not None:
             state.metrics.http2_request()
         stream.expected_length = content_length
         if te is not None:
@@ -1077,7 +1109,10 @@ class Http2Protocol(asyncio.Protocol):
         if starting is not None:
             for stream in starting:
                 if not stream.disconnected and not self.closed:
-                    self._run(stream)
+                    if stream.tunnel is not None:
+                        stream.tunnel.start()
+                    else:
+                        self._run(stream)
 
     def _run(self, stream: Http2Stream) -> None:
         """Call the stream's app (eagerly: a request that needs no I/O is answered here)."""
@@ -1115,7 +1150,10 @@ class Http2Protocol(asyncio.Protocol):
             self._reset(stream, PROTOCOL_ERROR)
             return
         stream.remote_closed = True
-        stream.end_body()
+        if stream.tunnel is not None:
+            stream.tunnel.eof_received()
+        else:
+            stream.end_body()
         if stream.end_sent and stream.pending is None:
             self._forget(stream)
 
@@ -1153,6 +1191,14 @@ class Http2Protocol(asyncio.Protocol):
             stream.recv_window += padding  # never handed to the app: acknowledged now
             self.send_window_update(stream_id, padding)
         if size > 0:
+            tunnel = stream.tunnel
+            if tunnel is not None:
+                # A WebSocket's bytes: its own limits apply (--ws-max-size), and it
+                # acknowledges them as it reads them.
+                tunnel.data_received(data[start:stop])
+                if flags & END_STREAM:
+                    self._end_of_request(stream)
+                return
             limit = self.state.limit_request_body
             if limit is not None and stream.received + size > limit:
                 self._request_error(stream, CONTENT_TOO_LARGE, "request body too large")
@@ -1377,6 +1423,8 @@ class Http2Protocol(asyncio.Protocol):
         ]
         if self.initial_window != DEFAULT_WINDOW:
             settings.append((SETTINGS_INITIAL_WINDOW_SIZE, self.initial_window))
+        if self.state.websockets:
+            settings.append((SETTINGS_ENABLE_CONNECT_PROTOCOL, 1))
         if self.max_frame_size != DEFAULT_FRAME_SIZE:
             settings.append((SETTINGS_MAX_FRAME_SIZE, self.max_frame_size))
         payload = b"".join(
@@ -1837,7 +1885,7 @@ class Http2Protocol(asyncio.Protocol):
         self.dispatching = True
         try:
             for stream in list(streams.values()):
-                if not stream.remote_closed and stream.recv_window > 0:
+                if not stream.remote_closed and stream.recv_window > 0 and stream.tunnel is None:
                     at = stream.body_read_at + state.timeout_request_body_idle
                     if now >= at:
                         self._request_error(

@@ -53,7 +53,7 @@ from aserve.status import reason_phrase
 from aserve.tasks import start_app, task_done, task_exception
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable
+    from collections.abc import Awaitable, Callable
 
     from aserve.asgi import Message
     from aserve.state import ServerState
@@ -84,6 +84,9 @@ _DEFLATE = (
 
 _utf8_decoder = codecs.getincrementaldecoder("utf-8")
 _access_logger = logging.getLogger("aserve.access")
+
+# The Sec-WebSocket-Key an HTTP/2 handshake goes through websockets' checks with (it has none).
+_NO_KEY = "AAAAAAAAAAAAAAAAAAAAAA=="
 
 
 class _WebSocketsLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
@@ -123,7 +126,11 @@ class _ServerProtocol(ServerProtocol):
 
 
 class WebSocketProtocol(asyncio.Protocol):
-    """The state machine of one WebSocket connection (see the module docstring)."""
+    """The state machine of one WebSocket connection (see the module docstring).
+
+    Its transport is the connection's, or on HTTP/2 one stream of it, opened by an extended
+    CONNECT (RFC 8441): protocols/websocket_h2.py, which also sends the handshake response.
+    """
 
     __slots__ = (
         "_accepted",
@@ -143,6 +150,7 @@ class WebSocketProtocol(asyncio.Protocol):
         "_ping_timeout",
         "_queue",
         "_reader",
+        "_respond",
         "_response",
         "_timer",
         "_waiter",
@@ -185,6 +193,9 @@ class WebSocketProtocol(asyncio.Protocol):
         self._disconnect: Message | None = None
         self._early: list[bytes] | None = None
         self._response: Response | None = None
+        # A transport that frames the handshake response itself (an HTTP/2 stream: HEADERS),
+        # or None to write it as HTTP/1.1 bytes.
+        self._respond: Callable[[Response], None] | None = getattr(transport, "send_response", None)
         self._denial: tuple[int, list[tuple[bytes, bytes]]] | None = None
         self._denial_body: list[bytes] | None = None
         self._fragments: list[Any] | None = None
@@ -253,12 +264,24 @@ class WebSocketProtocol(asyncio.Protocol):
             return self._rejection(400, text), headers
         query = scope["query_string"]
         path = scope["raw_path"].decode("latin-1")
-        request = Request(
-            path + "?" + query.decode("latin-1") if query else path,
-            headers,
-            method=scope["method"],
-            protocol="HTTP/" + scope["http_version"],
-        )
+        target = path + "?" + query.decode("latin-1") if query else path
+        if scope["http_version"] == "2":
+            # RFC 8441, 5: the extended CONNECT is the upgrade, with no Upgrade, Connection
+            # or Sec-WebSocket-Key (nor Sec-WebSocket-Accept in the answer); websockets checks
+            # the rest (version, extensions, subprotocols, origin) as for an HTTP/1.1 GET.
+            checked = Headers(
+                (name, value)
+                for name, value in headers.raw_items()
+                if name.lower() != "sec-websocket-key"
+            )
+            checked["Upgrade"] = "websocket"
+            checked["Connection"] = "Upgrade"
+            checked["Sec-WebSocket-Key"] = _NO_KEY
+            request = Request(target, checked)
+        else:
+            request = Request(
+                target, headers, method=scope["method"], protocol="HTTP/" + scope["http_version"]
+            )
         response = protocol.accept(request)
         exc = protocol.handshake_exc
         if (
@@ -520,8 +543,18 @@ class WebSocketProtocol(asyncio.Protocol):
             name, _, value = line.partition(b": ")
             if name:
                 headers[name.decode("latin-1")] = value.decode("latin-1")
-        self.protocol.send_response(response)
-        self._flush()
+        protocol = self.protocol
+        protocol.send_response(response)
+        respond = self._respond
+        if respond is None:
+            self._flush()
+            return
+        # The transport sends it (RFC 8441: HEADERS); what websockets wrote after its HTTP/1.1
+        # bytes, the end-of-stream marker of a rejection, is acted on as usual.
+        writes = protocol.data_to_send()
+        respond(response)
+        if len(writes) > 1:
+            self._write(writes[1:])
 
     # -- asyncio callbacks -----------------------------------------------------------------
 
