@@ -90,7 +90,9 @@ class WebSocketOverH2:
         deflate: bool = False,
         settings: dict[int, int] | None = None,
         auto_window: bool = True,
+        early: str | None = None,
     ) -> None:
+        """`early`: a text message sent with the CONNECT, before the server's answer."""
         self.client = h2_client(port, settings, auto_window=auto_window)
         conn = self.client.conn
         self.client.wait(lambda: conn.remote_settings.enable_connect_protocol == 1)
@@ -99,11 +101,14 @@ class WebSocketOverH2:
         if deflate:
             fields.append((b"sec-websocket-extensions", b"permessage-deflate"))
         self.response = self.client.responses[self.stream_id] = Response()
+        self.ws = ClientProtocol(parse_uri("ws://example.com" + path), state=State.OPEN)
         conn.send_headers(self.stream_id, fields)
-        self.client.flush()
+        if early is not None:
+            self.ws.send_text(early.encode())
+            conn.send_data(self.stream_id, b"".join(self.ws.data_to_send()))
+        self.client.flush()  # (one write: the server reads them together)
         self.client.wait(lambda: self.response.status or self.response.reset is not None)
         self.status = self.response.status
-        self.ws = ClientProtocol(parse_uri("ws://example.com" + path), state=State.OPEN)
         offered = self.response.header(b"sec-websocket-extensions")
         if offered:
             params = []
@@ -304,6 +309,13 @@ def test_echo_text_and_bytes_and_the_clients_close_code(app, loop_name):
         assert ws.client.get("/").body == b"plain http"
 
 
+def test_frames_sent_with_the_connect_wait_for_the_accept(app):
+    with serving(app) as server:
+        ws = WebSocketOverH2(server.port, "/echo", early="sent before the 200")
+        assert ws.status == 200
+        assert ws.message() == "sent before the 200"
+
+
 def test_scope_is_the_websocket_scope_with_http_version_2(app):
     with serving(app) as server:
         ws = WebSocketOverH2(
@@ -388,6 +400,24 @@ def test_denial_response(app):
         assert ws.response.header(b"content-length") == b"11"
         assert ws.response.header(b"connection") is None
         assert ws.client.get("/").status == 200  # the connection goes on
+
+
+def test_metrics_count_websockets_not_requests(app):
+    """An extended CONNECT is counted as a WebSocket, as an HTTP/1.1 handshake is, and not as
+    an HTTP request that never completes."""
+    from test_metrics import scrape
+
+    with serving(app, metrics_port=0) as server:
+        ws = WebSocketOverH2(server.port, "/echo")
+        ws.send("x")
+        assert ws.message() == "x"
+        assert ws.client.get("/").status == 200
+        metrics = scrape(server.server.metrics_port)
+    assert metrics["aserve_websockets_total"] == 1
+    assert metrics["aserve_websockets_open"] == 1
+    assert metrics["aserve_http_requests_total"] == 1
+    assert metrics["aserve_http2_requests_total"] == 1
+    assert metrics["aserve_http_requests_in_flight"] == 0
 
 
 # -- messages ----------------------------------------------------------------------------------
