@@ -117,7 +117,7 @@ class WebSocketOverH2:
                 params.append((key, value or None))
             factory = ClientPerMessageDeflateFactory()
             self.ws.extensions = [factory.process_response_params(params, [])]
-        self._read = 0
+        self.wire_bytes = 0  # the stream's DATA read so far
         self.events: list[Any] = []
         self.ended = False  # the server's END_STREAM was read
         self.end_sent = False
@@ -152,9 +152,10 @@ class WebSocketOverH2:
 
     def _pump(self) -> None:
         body = self.response.body
-        if len(body) > self._read:
-            self.ws.receive_data(body[self._read :])
-            self._read = len(body)
+        if body:
+            self.response.body = b""  # (taken, so that it does not grow for every read)
+            self.ws.receive_data(body)
+            self.wire_bytes += len(body)
         if self.response.ended and not self.ended:
             self.ended = True
             self.ws.receive_eof()
@@ -252,6 +253,10 @@ class App:
         if path == "/big":
             for _ in range(2):
                 await send({"type": "websocket.send", "bytes": b"b" * 50_000})
+                self.sent_at.append(time.monotonic())
+        if path == "/flood":
+            for _ in range(40):
+                await send({"type": "websocket.send", "bytes": b"f" * 1_000_000})
                 self.sent_at.append(time.monotonic())
         if path == "/still":
             while not self.release.is_set():
@@ -431,7 +436,7 @@ def test_permessage_deflate(app):
         ws.send(text)
         assert ws.message() == text
         # It was compressed on the wire: far fewer bytes than the text.
-        assert ws._read < len(text) // 4
+        assert ws.wire_bytes < len(text) // 4
 
 
 def test_permessage_deflate_off(app):
@@ -569,6 +574,22 @@ def test_sending_is_flow_controlled_by_the_clients_window(app):
         assert ws.message(timeout=10) == b"b" * 50_000
         assert ws.message(timeout=10) == b"b" * 50_000
         wait_for(lambda: len(app.sent_at) == 2)
+
+
+def test_sending_waits_for_a_full_socket(app):
+    """Windows wide open, a client that does not read its socket: the app's sending waits
+    once the connection's socket is full, as on HTTP/1.1, instead of queueing 40 MB."""
+    huge = {h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 2**31 - 1}
+    with serving(app, ws_ping_interval=None) as server:
+        ws = WebSocketOverH2(server.port, "/flood", settings=huge)
+        ws.client.conn.increment_flow_control_window(2**31 - 1 - 65535)
+        ws.client.flush()
+        time.sleep(1.0)  # not reading
+        held = len(app.sent_at)
+        assert held < 20, held  # socket buffers hold a few MB, not 40
+        for _ in range(40):
+            assert ws.message(timeout=20) == b"f" * 1_000_000
+        wait_for(lambda: len(app.sent_at) == 40)
 
 
 def test_receiving_is_flow_controlled_by_the_app(app):
