@@ -512,6 +512,21 @@ def test_reset_stream_is_a_disconnect(app):
         assert ws.client.get("/").status == 200
 
 
+def test_a_reset_websocket_whose_app_runs_on_keeps_its_stream_counted(app):
+    """Rapid reset through WebSockets: a WebSocket reset while its app still runs counts
+    against --http2-max-concurrent-streams until the app ends, as a request's stream does."""
+    with serving(app, http2_max_concurrent_streams=1) as server:
+        ws = WebSocketOverH2(server.port, "/still")
+        client = ws.client
+        client.conn.reset_stream(ws.stream_id, h2.errors.ErrorCodes.CANCEL)
+        client.flush()
+        refused = client.request("/")
+        assert client.response(refused).reset == h2.errors.ErrorCodes.REFUSED_STREAM
+        app.release.set()  # the app ends: the place is free again
+        wait_for(lambda: app.disconnects != [])
+        assert client.get("/").status == 200
+
+
 def test_goaway_with_an_error_and_connection_loss_are_disconnects(app):
     with serving(app) as server:
         ws = WebSocketOverH2(server.port, "/echo")
