@@ -543,7 +543,7 @@ def test_goaway_with_an_error_and_connection_loss_are_disconnects(app):
         assert app.disconnects == [(1006, "")] * 2
 
 
-def test_graceful_shutdown_closes_1012(app):
+def test_graceful_shutdown_closes_1001(app):
     server = serve(app)
     live = server.__enter__()
     try:
@@ -554,13 +554,13 @@ def test_graceful_shutdown_closes_1012(app):
         stopper.start()
         close = ws.message(timeout=10)  # (after the GOAWAY that admits the open streams)
         assert close.opcode is Opcode.CLOSE
-        assert ws.ws.close_rcvd.code == 1012
+        assert ws.ws.close_rcvd.code == 1001  # (1012 when the process is replaced)
         ws.flush(end=True)  # the client's close reply and the end of its side
         ws.wait_ended()
         ws.client.close()
         stopper.join(15)
         assert not stopper.is_alive()
-        assert app.disconnects == [(1012, "service restart")]
+        assert app.disconnects == [(1001, "going away")]
     finally:
         server.__exit__(None, None, None)
 
