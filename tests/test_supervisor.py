@@ -588,6 +588,9 @@ def test_sighup_restarts_every_worker_under_load_without_a_failed_request(superv
         load.wait_for(200)
         server.send(signal.SIGHUP)
         server.wait_for_log("Reload complete")
+        # Complete means no old worker accepts any more, though they may still drain.
+        fresh = {get_pid(server.url) for _ in range(30)}  # a new connection each
+        assert not fresh & before, fresh
         poll(lambda: not (server.worker_pids() & before), what="the old workers to exit")
         load.wait_for(200)
     assert load.failures == [], load.failures[:5]

@@ -37,6 +37,7 @@ from aserve.worker import (
     HEARTBEAT,
     READY,
     RETIRE,
+    STOPPED_ACCEPTING,
     app_name,
     decode,
     run_worker,
@@ -188,6 +189,7 @@ class Worker:
     stop_reason: str | None = None  # why we stopped it; None while it should be serving
     stop_deadline: float | None = None
     killed: bool = False
+    accepting: bool = True  # False once it says it closed its listeners (draining)
     slot: int | None = None  # its accept count in `Supervisor.shares` (balance.py)
     memory_check_at: float = 0.0  # when to compare its memory with --limit-worker-memory
 
@@ -532,6 +534,8 @@ class Supervisor:
                     error_logger.info("%s %s: replacing it", worker.name.capitalize(), text)
             elif kind == FAILED:
                 worker.error = text
+            elif kind == STOPPED_ACCEPTING:
+                worker.accepting = False
 
     def _ready(self, worker: Worker, now: float) -> None:
         if worker.killed:
@@ -574,7 +578,9 @@ class Supervisor:
                     self._spawn(old.number, "reload", replaces=old)
                     break
             else:
-                self._end_reload(aborted=False)
+                if not any(w.stop_reason == "reload" and w.accepting for w in self.workers):
+                    # Complete once no old worker can take a new connection any more.
+                    self._end_reload(aborted=False)
         for worker in self.workers:
             if (
                 worker.retire is not None

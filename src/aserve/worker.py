@@ -3,12 +3,13 @@
 The channel is a pipe to the supervisor. The worker writes to it from its event loop only:
 "ready" once lifespan startup is done and it accepts, a heartbeat every interval from the
 moment its loop runs (lifespan startup included; a blocked loop stops beating, which is the
-point: a side thread would keep beating), "retire" when it has served its request limit, and
-its start-up error when it cannot start. A second pipe receives the stack dump when the
-supervisor sends SIGUSR1 to a worker whose loop stopped beating or that did not start in time:
-`faulthandler`'s, registered before the app is imported so an import that hangs can be shown,
-then, if the event loop runs, where each of its tasks waits (a lifespan startup stuck in an
-`await` shows in no thread's stack).
+point: a side thread would keep beating), "retire" when it has served its request limit,
+"stopped accepting" once it drains (until then a new connection may still reach it: a rolling
+restart is complete only after that), and its start-up error when it cannot start. A second
+pipe receives the stack dump when the supervisor sends SIGUSR1 to a worker whose loop stopped
+beating or that did not start in time: `faulthandler`'s, registered before the app is imported
+so an import that hangs can be shown, then, if the event loop runs, where each of its tasks
+waits (a lifespan startup stuck in an `await` shows in no thread's stack).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ READY = b"R"
 HEARTBEAT = b"H"
 RETIRE = b"M"
 FAILED = b"E"
+STOPPED_ACCEPTING = b"S"
 _HEADER = struct.Struct("!cI")
 
 # Exit status of a worker that could not start (import error, lifespan startup failure).
@@ -224,6 +226,7 @@ class WorkerServer(Server):
         loop = asyncio.get_running_loop()
         for server in self.servers:
             server.stop_accepting()
+        self.channel.send(STOPPED_ACCEPTING)
         deadline = loop.time() + HANDOVER_WAIT
         while any(server.handing_over for server in self.servers) and loop.time() < deadline:
             await asyncio.sleep(0.005)
