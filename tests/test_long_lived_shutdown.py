@@ -4,13 +4,16 @@ An app streaming a response (server-sent events, a long poll) that waits in `rec
 `http.disconnect` as soon as graceful shutdown begins, so it ends its stream and shutdown does
 not wait for --timeout-graceful-shutdown; open WebSockets are closed with 1001 (going away)
 when the server stops and 1012 (service restart) when the supervisor replaces the worker (a
-SIGHUP rolling restart, recycling).
+SIGHUP rolling restart, recycling). A request whose body is still arriving when the shutdown
+begins (an upload) is read to its end and answered, and nothing after it is served.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import re
 import signal
 import socket
 import threading
@@ -25,6 +28,7 @@ from conftest import read_until_close, serve
 from processes import AserveProcess, Child, wait_for
 from test_cli import APPS
 from test_frameworks import parse_chunks
+from test_http2 import Client
 
 GRACE = 30  # --timeout-graceful-shutdown: the streams must end long before it
 
@@ -113,6 +117,49 @@ def test_an_app_that_has_not_read_its_request_body_gets_it_first():
         {"type": "http.disconnect"},
     ]
     assert data.endswith(b"7\r\nstarted\r\n4\r\ndone\r\n0\r\n\r\n"), data
+
+
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+def test_an_upload_in_progress_is_read_to_its_end_at_shutdown(loop_name, framing):
+    # Its app gets every byte and answers, with `Connection: close`; a request pipelined
+    # after the body (in the same read) is not served.
+    seen = []
+
+    async def app(scope, receive, send):
+        body = b""
+        while True:
+            message = await receive()
+            seen.append(message["type"])
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"%d" % len(body)})
+
+    if framing == "chunked":
+        head = b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        first, rest = b"5\r\nhello\r\n", b"6\r\n world\r\n0\r\n\r\n"
+    else:
+        head = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 11\r\n\r\n"
+        first, rest = b"hello", b" world"
+    options = {"loop": loop_name, "timeout_graceful_shutdown": GRACE}
+    with serve(app, **options) as server, server.connect(10) as sock:
+        sock.sendall(head + first)
+        wait_for(lambda: seen == ["http.request"], "the first piece of the body")
+        began = time.monotonic()
+        server.server.should_exit = True
+        wait_for(lambda: server.server.state.shutting_down, "the shutdown to begin")
+        time.sleep(0.1)
+        sock.sendall(rest + b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        data = read_until_close(sock, 10)
+        server.thread.join(10)
+        assert not server.thread.is_alive()
+    assert time.monotonic() - began < 5
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 "), data
+    assert b"connection: close" in head, head
+    assert body == b"11", data  # one answer: the pipelined request was not served
+    assert len(seen) >= 2 and "http.disconnect" not in seen, seen
 
 
 def curl_http2(url: str) -> Child:
@@ -318,3 +365,140 @@ def test_a_websocket_is_closed_1012_when_its_worker_is_recycled():
     finally:
         server.stop()
     assert "streams-app: websocket.disconnect 1012" in server.output
+
+
+# -- an upload in progress: read to its end, answered, and nothing after it -------------------
+
+BODY = bytes(range(256)) * 96  # 24 KiB: each half reaches the server in one read
+PIPELINED = b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n"
+
+
+def body_part(data: bytes, framing: str, last: bool) -> bytes:
+    """`data` as the request's framing sends it (chunked: in two chunks, then the last one)."""
+    if framing == "content-length":
+        return data
+    half = len(data) // 2
+    chunks = b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in (data[:half], data[half:]))
+    return chunks + (b"0\r\n\r\n" if last else b"")
+
+
+def upload_across_the_shutdown(
+    server: AserveProcess, port: int, framing: str, begin_shutdown
+) -> tuple[bytes, float]:
+    """Send the head and half the body; once the app has the first piece, `begin_shutdown(pid)`
+    (the pid of the process serving it) returns when that process has told its connections
+    to close. Then the rest of the body, with a pipelined request after it: what comes back,
+    and how long after the shutdown began."""
+    framing_field = (
+        b"Content-Length: %d" % len(BODY)
+        if framing == "content-length"
+        else b"Transfer-Encoding: chunked"
+    )
+    head = b"POST /upload HTTP/1.1\r\nHost: x\r\n%s\r\n\r\n" % framing_field
+    half = len(BODY) // 2
+    with socket.create_connection(("127.0.0.1", port), timeout=15) as sock:
+        sock.sendall(head + body_part(BODY[:half], framing, last=False))
+        found: list[int] = []
+
+        def began() -> bool:
+            match = re.search(r"upload began in (\d+)", server.output)
+            if match:
+                found.append(int(match.group(1)))
+            return match is not None
+
+        server.wait_until(began, "the app to read the first half of the body")
+        signalled = time.monotonic()
+        begin_shutdown(found[0])
+        time.sleep(0.2)  # a moment more: the server has nothing to read meanwhile
+        sock.sendall(body_part(BODY[half:], framing, last=True) + PIPELINED)
+        received = read_until_close(sock, GRACE)
+    return received, time.monotonic() - signalled
+
+
+def assert_the_upload_was_answered(received: bytes, server: AserveProcess) -> None:
+    head, _, body = received.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 "), received[:300]
+    assert b"connection: close" in head.lower(), head
+    _pid, size, digest = body.split(b" ")
+    # The app read every byte; the pipelined request after the body was not served.
+    assert (int(size), digest.decode()) == (len(BODY), hashlib.sha256(BODY).hexdigest()), body
+    assert received.count(b"HTTP/1.1 ") == 1, received
+    assert "upload disconnected" not in server.output
+
+
+@pytest.mark.once
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+def test_an_upload_in_progress_is_read_to_its_end_and_answered_on_sigterm(framing):
+    server, port = start()
+
+    def sigterm(pid: int) -> None:
+        server.proc.send_signal(signal.SIGTERM)
+        server.wait_until(
+            lambda: "Waiting for connections to close" in server.output, "the shutdown"
+        )
+
+    try:
+        received, elapsed = upload_across_the_shutdown(server, port, framing, sigterm)
+        code = server.proc.wait(GRACE)
+    finally:
+        server.stop(signal.SIGKILL)
+    assert_the_upload_was_answered(received, server)
+    assert elapsed < 10, elapsed  # not the 30 s of --timeout-graceful-shutdown
+    assert_clean_stop(server, code)
+
+
+@pytest.mark.once
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+def test_an_upload_in_progress_is_read_to_its_end_in_a_worker_replaced_on_sighup(framing):
+    server, port = start("--workers", "2")
+
+    def sighup(pid: int) -> None:
+        server.proc.send_signal(signal.SIGHUP)
+        server.wait_until(
+            lambda: f"[{pid}] Waiting for connections to close" in server.output,
+            f"worker {pid} to drain",
+        )
+
+    try:
+        received, elapsed = upload_across_the_shutdown(server, port, framing, sighup)
+        server.wait_until(lambda: "Reload complete" in server.output, "the reload")
+        code = server.stop()
+    finally:
+        server.stop(signal.SIGKILL)
+    assert_the_upload_was_answered(received, server)
+    assert elapsed < 20, elapsed  # a new worker started first; then not the 30 s of the grace
+    assert code == 0, server.output
+    assert "Graceful shutdown timed out" not in server.output
+
+
+@pytest.mark.once
+def test_an_http2_upload_in_progress_gets_its_data_after_sigterm():
+    server, port = start()
+    half = len(BODY) // 2
+    try:
+        client = Client(port)
+        length = [(b"content-length", b"%d" % len(BODY))]
+        stream = client.request("/upload", "POST", length, BODY[:half], end=False)
+        server.wait_until(lambda: "upload began in" in server.output, "the upload to begin")
+        signalled = time.monotonic()
+        server.proc.send_signal(signal.SIGTERM)
+        client.wait(lambda: client.goaway is not None, 15)
+        assert client.goaway.last_stream_id >= stream  # the stream goes on
+        time.sleep(0.2)
+        # h2 takes a GOAWAY as the end of the connection: the rest goes as a raw DATA frame
+        # (END_STREAM), within the windows (the body is smaller than the initial 65,535).
+        rest = BODY[half:]
+        client.sock.sendall(len(rest).to_bytes(3, "big") + b"\0\1" + stream.to_bytes(4, "big"))
+        client.sock.sendall(rest)
+        response = client.response(stream, 15)
+        elapsed = time.monotonic() - signalled
+        client.close()
+        code = server.proc.wait(GRACE)
+    finally:
+        server.stop(signal.SIGKILL)
+    assert response.status == 200, response.headers
+    pid, size, digest = response.body.split(b" ")
+    assert (int(size), digest.decode()) == (len(BODY), hashlib.sha256(BODY).hexdigest())
+    assert elapsed < 10, elapsed
+    assert f"upload began in {pid.decode()} over HTTP/2" in server.output
+    assert_clean_stop(server, code)

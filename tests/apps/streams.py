@@ -3,12 +3,15 @@
 `/events` is a server-sent-event stream that never ends by itself and listens on `receive()`
 for `http.disconnect`, as sse-starlette does: when it comes, the app sends a last event and
 ends its response. `/events-return` just returns when it comes, leaving the end of the stream to
-the server. A WebSocket is accepted and greeted with the worker's pid, then waits for the
-disconnect. What each app saw goes to stderr (the server's log).
+the server. `/upload` reads its request body whole, saying when its first piece came, and
+answers with its pid, size and SHA-256, so a test can tell the app saw every byte. A WebSocket
+is accepted and greeted with the worker's pid, then waits for the disconnect. What each app saw
+goes to stderr (the server's log).
 """
 
 import asyncio
 import contextlib
+import hashlib
 import os
 import sys
 
@@ -40,6 +43,9 @@ async def app(scope, receive, send):
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": str(os.getpid()).encode()})
         return
+    if scope["path"] == "/upload":
+        await upload(scope, receive, send)
+        return
     headers = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-store")]
     await send({"type": "http.response.start", "status": 200, "headers": headers})
 
@@ -63,3 +69,22 @@ async def app(scope, receive, send):
     if scope["path"] == "/events":
         last = b"event: bye\ndata: the server is shutting down\n\n"
         await send({"type": "http.response.body", "body": last, "more_body": False})
+
+
+async def upload(scope, receive, send):
+    digest = hashlib.sha256()
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            note(f"upload disconnected after {size} bytes")
+            return
+        if size == 0 and message["body"]:
+            note(f"upload began in {os.getpid()} over HTTP/{scope['http_version']}")
+        digest.update(message["body"])
+        size += len(message["body"])
+        if not message.get("more_body"):
+            break
+    body = b"%d %d %s" % (os.getpid(), size, digest.hexdigest().encode())
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": body})

@@ -39,6 +39,7 @@ from aserve.protocols.rejection import (
     REQUEST_TIMEOUT,
     URI_TOO_LONG,
     VERSION_NOT_SUPPORTED,
+    EndOfRequests,
     RequestRejected,
     classify,
     error_response,
@@ -454,6 +455,7 @@ class HttpProtocol(asyncio.Protocol):
         "_closed",
         "_content_length",
         "_data",
+        "_ending",
         "_expect_100",
         "_extensions",
         "_fields",
@@ -568,6 +570,8 @@ class HttpProtocol(asyncio.Protocol):
         self._head_tail = b""
         self._chunks: ChunkedBody | None = None
         self._rejected = False  # after an error response nothing more is parsed
+        # Shutdown came while a request's body was arriving: read it to its end, then stop.
+        self._ending = False
         self._upgrade: bytes | None = None
         self._upgrade_offer: bytes | None = None  # the request's Upgrade header, lowercased
         self._te: bytes | None = None  # the request's TE header (does it accept trailers?)
@@ -675,8 +679,9 @@ class HttpProtocol(asyncio.Protocol):
                 self._data = b""
                 self._switch_to_http2(data, self._raw - len(data))
                 return
-            status, reason = classify(exc)
-            self._reject(status, reason)
+            if not isinstance(exc.__context__, EndOfRequests):
+                status, reason = classify(exc)
+                self._reject(status, reason)
         else:
             callbacks.conn = None
             if self._raw:  # the read ended inside a head, or between two pieces of a body
@@ -1070,6 +1075,8 @@ class HttpProtocol(asyncio.Protocol):
         if cycle is not None:
             self._parsing = None
             cycle.end_body()
+        if self._ending:
+            self._end_of_requests()
 
     # -- answering requests in order -------------------------------------------------------
 
@@ -1299,13 +1306,29 @@ class HttpProtocol(asyncio.Protocol):
 
     def shutdown(self) -> None:
         """Graceful shutdown: close if idle, else close after the requests already read (an
-        app streaming its response is told the connection ends: `RequestCycle.shutdown`)."""
-        self.pause_reading(_PAUSED_FOR_SHUTDOWN)
+        app streaming its response is told the connection ends: `RequestCycle.shutdown`).
+
+        A request whose body is still arriving (an upload) is read to its end, or its app
+        would wait for the rest until --timeout-graceful-shutdown: reading goes on until its
+        last byte (`on_message_complete`), and nothing after it is parsed or served."""
+        if self._parsing is None:
+            self.pause_reading(_PAUSED_FOR_SHUTDOWN)
+        else:
+            self._ending = True
         active = self._active
         if active is not None:
             active.shutdown()
         if self._active is None and self._next is None:
             self._close()
+
+    def _end_of_requests(self) -> None:
+        """The last request a closing connection reads is whole: later reads are dropped
+        (`data_received`), and the parser stops here, so a request pipelined after it in the
+        same read is never queued. Its answer says `Connection: close` and ends the
+        connection (`response_complete`)."""
+        self._ending = False
+        self._rejected = True
+        raise EndOfRequests()
 
     def _arm(self, deadline: float) -> None:
         """Make the connection's one timer fire by `deadline` (it re-arms itself after)."""

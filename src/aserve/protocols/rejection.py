@@ -33,6 +33,11 @@ class RequestRejected(httptools.HttpParserError):
         self.status = status
 
 
+class EndOfRequests(httptools.HttpParserError):
+    """Raised from a parser callback to stop parsing after the last request a connection
+    reads (graceful shutdown came while its body was arriving): nothing to answer."""
+
+
 def classify(exc: Exception) -> tuple[int, str]:
     """The status and one-line reason for an error `feed_data` raised."""
     if isinstance(exc, httptools.HttpParserCallbackError):
