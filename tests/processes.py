@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import httpx
 
@@ -152,7 +152,26 @@ class AserveProcess(Child):
         return ports[0]
 
 
-class Load:
+class ClientThreads:
+    """Client threads that run until told to stop: the ones a subclass puts in `threads` are
+    started on entering `with`, and on leaving it `stopping` is set and each is joined."""
+
+    def __init__(self) -> None:
+        self.stopping = threading.Event()
+        self.threads: list[threading.Thread] = []
+
+    def __enter__(self) -> Self:
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stopping.set()
+        for thread in self.threads:
+            thread.join(DEADLINE)
+
+
+class Load(ClientThreads):
     """Steady load: keep-alive clients (httpx) and clients opening a new connection each time.
 
     Counts every request that did not get a 200 from a worker: across restarts there must be
@@ -167,11 +186,11 @@ class Load:
         http2: bool = False,
         verify: Any = True,
     ) -> None:
+        super().__init__()
         self.url = url
         # HTTP/2 by prior knowledge (h2c) when asked: httpx with python-hyper's h2.
         self.versions = {"http1": not http2, "http2": http2}
         self.verify = verify  # httpx's: an ssl.SSLContext for a server with a test CA
-        self.stopping = threading.Event()
         self.ok = 0
         self.failures: list[str] = []
         self.pids: collections.Counter[int] = collections.Counter()
@@ -182,16 +201,6 @@ class Load:
             threading.Thread(target=self._new_connections, daemon=True)
             for _ in range(new_connections)
         ]
-
-    def __enter__(self) -> Load:
-        for thread in self.threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stopping.set()
-        for thread in self.threads:
-            thread.join(20)
 
     def _record(self, response: httpx.Response | None, error: Exception | None) -> None:
         with self._lock:

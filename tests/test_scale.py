@@ -184,8 +184,8 @@ def test_thousands_of_idle_connections_and_websockets_held_while_serving() -> No
     # The target is 100 ms at p99 with 19,000 held (docs/performance.md); a busy CI machine
     # gets some slack, a server that works per connection on each accept would not fit.
     assert fresh["p99_ms"] < 250, report
-    # About 4 KiB per idle connection and 15 per WebSocket today; a per-connection buffer
-    # or task would show.
+    # About 4 KiB per idle connection and 6.9 per idle WebSocket today (docs/performance.md);
+    # a per-connection buffer or task would show.
     assert result["kib_per_idle_http"] < 8, report
     assert result["kib_per_websocket"] < 40, report
     assert code == 0, "".join(server.lines)

@@ -20,6 +20,8 @@ import httpx
 import pytest
 from e2e_support import Aserve, nginx, wait_for
 
+from processes import ClientThreads
+
 pytestmark = pytest.mark.once
 
 DRAIN_DELAY = 3.0
@@ -27,28 +29,18 @@ DRAIN_DELAY = 3.0
 PROPAGATION = 0.7
 
 
-class Load:
+class Load(ClientThreads):
     """Clients through the proxy until stopped, each request on a new connection (so nginx's
     own reload, which closes its idle client connections, cannot fail a request): GETs, and
     slow POSTs, which nginx never retries on another connection. Records every answer."""
 
     def __init__(self, port: int, clients: int = 4) -> None:
+        super().__init__()
         self.port = port
-        self.stopping = threading.Event()
         self.lock = threading.Lock()
         self.answers: list[tuple[float, str]] = []  # (when, which instance)
         self.failures: list[str] = []
         self.threads = [threading.Thread(target=self._client) for _ in range(clients)]
-
-    def __enter__(self) -> Load:
-        for thread in self.threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stopping.set()
-        for thread in self.threads:
-            thread.join(30)
 
     def _client(self) -> None:
         url = f"http://127.0.0.1:{self.port}"

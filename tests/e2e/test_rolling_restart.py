@@ -12,6 +12,8 @@ import httpx
 import pytest
 from e2e_support import aserve, http_get, nginx, require_option, wait_for
 
+from processes import ClientThreads
+
 pytestmark = pytest.mark.once
 
 
@@ -31,7 +33,7 @@ def children(pid: int) -> set[int]:
     return found
 
 
-class Load:
+class Load(ClientThreads):
     """Clients through the proxy until stopped: some on kept-alive connections, one opening a
     new connection per request; every answer's status and worker pid are recorded.
 
@@ -40,23 +42,13 @@ class Load:
     restart cuts them."""
 
     def __init__(self, port: int, keep_alive: int = 3) -> None:
+        super().__init__()
         self.port = port
-        self.stopping = threading.Event()
         self.lock = threading.Lock()
         self.pids: list[int] = []
         self.failures: list[str] = []
         self.threads = [threading.Thread(target=self._keep_alive) for _ in range(keep_alive)]
         self.threads.append(threading.Thread(target=self._new_connections))
-
-    def __enter__(self) -> Load:
-        for thread in self.threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stopping.set()
-        for thread in self.threads:
-            thread.join(30)
 
     def _record(self, status: int, body: bytes) -> None:
         with self.lock:
