@@ -48,6 +48,43 @@ def test_get_with_httpx(loop_name):
     assert "date" in response.headers
 
 
+def test_scope_of_each_request_on_a_connection_is_its_own():
+    """Requests answered one after another on one keep-alive connection (then HTTP/1.0) each
+    see their own method, version and query string, whichever differ from the common ones,
+    in the same key order."""
+    scopes = []
+
+    async def app(scope, receive, send):
+        scopes.append(scope)
+        while (await receive())["more_body"]:
+            pass
+        await hello(scope, receive, send)
+
+    with serve(app) as server, server.connect() as sock:
+        requests = [
+            b"POST /a?x=1 HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\nhi",
+            b"GET /b HTTP/1.1\r\nHost: h\r\n\r\n",
+            b"DELETE /c?y HTTP/1.1\r\nHost: h\r\n\r\n",
+            b"GET /d HTTP/1.0\r\nHost: h\r\nConnection: keep-alive\r\n\r\n",
+            b"PATCH /e HTTP/1.1\r\nHost: h\r\n\r\n",
+        ]
+        for request in requests:
+            sock.sendall(request)
+            assert read_response(sock).startswith(b"HTTP/1.1 200 ")
+    seen = [(s["method"], s["http_version"], s["path"], s["query_string"]) for s in scopes]
+    assert seen == [
+        ("POST", "1.1", "/a", b"x=1"),
+        ("GET", "1.1", "/b", b""),
+        ("DELETE", "1.1", "/c", b"y"),
+        ("GET", "1.0", "/d", b""),
+        ("PATCH", "1.1", "/e", b""),
+    ]
+    keys = ["type", "asgi", "http_version", "server", "client", "scheme", "method"]
+    keys += ["root_path", "path", "raw_path", "query_string", "headers", "state", "extensions"]
+    assert all(list(scope) == keys for scope in scopes)
+    assert all(scope["scheme"] == "http" for scope in scopes)
+
+
 def test_scope_is_complete_and_exact():
     scopes = []
 

@@ -27,6 +27,22 @@ def test_encode_headers_validates_and_caches():
     assert encode_headers(as_lists).data == block.data  # unhashable: encoded, not cached
 
 
+def test_encode_headers_answers_each_list_for_what_it_holds():
+    """A new list equal to the last one gets its block; one that differs in a value, or holds
+    something else, does not (apps build a new list per response)."""
+    first = encode_headers([(b"content-type", b"text/plain"), (b"content-length", b"13")])
+    again = encode_headers([(b"content-type", b"text/plain"), (b"content-length", b"13")])
+    assert again is first
+    other = encode_headers([(b"content-type", b"text/plain"), (b"content-length", b"14")])
+    assert other.content_length == 14
+    assert other.data == b"content-type: text/plain\r\ncontent-length: 14\r\n"
+    shorter = encode_headers([(b"content-type", b"text/plain")])
+    assert shorter.content_length == -1
+    with pytest.raises(InvalidResponse):
+        encode_headers([(b"content-type", b"text/plain"), (b"content-length", b"1\n")])
+    assert encode_headers([(b"content-type", b"text/plain"), (b"content-length", b"14")]) is other
+
+
 @pytest.mark.parametrize(
     "headers",
     [

@@ -32,20 +32,22 @@ def http_scope_template(root_path: str) -> dict[str, Any]:
 
     One per server, shared by all connections: a connection copies it for each request and
     fills in the rest, which costs about two thirds of building the dict from a literal and
-    keeps no dict per idle connection.
+    keeps no dict per idle connection. The version, scheme, method and query string hold
+    their most common values (`build_scope` stores only the ones that differ: a store is
+    about 230 instructions compiled, a comparison a few dozen).
     """
     return {
         "type": "http",
         "asgi": None,
-        "http_version": None,
+        "http_version": "1.1",
         "server": None,
         "client": None,
-        "scheme": None,
-        "method": None,
+        "scheme": "http",
+        "method": "GET",
         "root_path": root_path,
         "path": None,
         "raw_path": None,
-        "query_string": None,
+        "query_string": b"",
         "headers": None,
         "state": None,
         # The connection gives each request its own copy (an app may add to it).

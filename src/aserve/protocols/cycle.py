@@ -158,7 +158,7 @@ class RequestCycle:
             state.loop, self._app(), self.scope, self.receive, self, state.base_context
         )
         if task_done(task):
-            self.app_finished(task)
+            self._app_outcome(task)  # (never in `state.tasks`: nothing to discard)
             return None
         state.tasks.add(task)
         task.add_done_callback(self.app_finished)
@@ -175,6 +175,9 @@ class RequestCycle:
         """What to do once the app call is over: the app's Task is its own coroutine, so a
         failure is read from the Task here instead of a wrapper coroutine per request."""
         self.state.tasks.discard(task)
+        self._app_outcome(task)
+
+    def _app_outcome(self, task: asyncio.Task[Any]) -> None:
         try:
             exc = task_exception(task)
         except asyncio.CancelledError:
@@ -523,13 +526,19 @@ def build_scope(
     scope = state.http_scope_template.copy()
     scope["server"] = server
     scope["client"] = client
-    scope["scheme"] = scheme
+    # The template holds the common version, scheme, method and an empty query string
+    # (`http_scope_template`): only a value that differs is stored.
+    if scheme != "http":
+        scope["scheme"] = scheme
     scope["asgi"] = _ASGI.copy()  # per request: an app may change its scope
-    scope["http_version"] = http_version
-    scope["method"] = method
+    if http_version != "1.1":
+        scope["http_version"] = http_version
+    if method != "GET":
+        scope["method"] = method
     scope["path"] = path
     scope["raw_path"] = raw_path
-    scope["query_string"] = query
+    if len(query) > 0:
+        scope["query_string"] = query
     scope["headers"] = headers
     scope["state"] = state.lifespan_state.copy()
     # Per request, as "asgi" above: a middleware that adds an extension for its own request

@@ -76,7 +76,27 @@ class HeaderBlock:
 _cache: Final[dict[tuple[object, ...], HeaderBlock]] = {}
 
 
+class _Last:
+    """The header list encoded last and its block: most apps answer most requests with the
+    same list, and one list comparison (items compared as the dict cache's key lookup would)
+    costs less than a tuple of it, its hash and a lookup, when the list is a new object with a
+    new value or two."""
+
+    __slots__ = ("block", "items")
+
+    def __init__(self) -> None:
+        self.items: list[Any] = []  # a copy: the app may change its own list afterwards
+        self.block: HeaderBlock | None = None
+
+
+_last: Final = _Last()
+
+
 def encode_headers(headers: Any) -> HeaderBlock:
+    if type(headers) is list and headers == _last.items:
+        found = _last.block
+        if found is not None:
+            return found
     try:
         key = tuple(headers)
         block = _cache.get(key)
@@ -87,6 +107,8 @@ def encode_headers(headers: Any) -> HeaderBlock:
         if len(_cache) >= _CACHE_LIMIT:
             _cache.clear()
         _cache[key] = block
+    _last.items = list(key)
+    _last.block = block
     return block
 
 

@@ -101,6 +101,10 @@ _METHODS: Final[dict[bytes, str]] = {
 }
 
 _SLASH: Final = ord("/")
+_SPACE: Final = ord(" ")
+_G: Final = ord("G")
+_E: Final = ord("E")
+_T: Final = ord("T")
 _HASH: Final = ord("#")
 _AUTHORITY: Final = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[\w.~!$&'()*+,;=%-]+):[0-9]+", re.ASCII)
 _QUESTION_MARK: Final = ord("?")
@@ -719,8 +723,10 @@ class HttpProtocol(asyncio.Protocol):
     # -- httptools callbacks ---------------------------------------------------------------
 
     def on_url(self, url: bytes) -> None:
-        self._url += url
-        if len(self._url) > self.state.limit_request_line:
+        # Most targets come whole, in one call: kept as they are, not joined to b"".
+        target = url if len(self._url) == 0 else self._url + url
+        self._url = target
+        if len(target) > self.state.limit_request_line:
             raise RequestRejected(URI_TOO_LONG, "request target too long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -789,17 +795,32 @@ class HttpProtocol(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         parser = self.parser
         state = self.state
-        raw_method = parser.get_method()
-        # The common methods by comparison (compiled, a memcmp each), the rest via the table:
-        # a new bytes object hashes its key on every dict lookup.
-        if raw_method == b"GET":
+        chunk = self._line_chunk
+        if (
+            chunk is not None
+            and len(chunk) > 3
+            and chunk[3] == _SPACE
+            and chunk[0] == _G
+            and chunk[1] == _E
+            and chunk[2] == _T
+        ):
+            # The read began with this request line (see `_http_version`), and llhttp took
+            # `GET ` in it as the method: no `get_method()` call, nor the bytes it makes.
             method = "GET"
-        elif raw_method == b"POST":
-            method = "POST"
+            method_size = 3
         else:
-            method = _METHODS.get(raw_method) or raw_method.decode("ascii")
+            raw_method = parser.get_method()
+            # The common methods by comparison (compiled, a memcmp each), the rest via the
+            # table: a new bytes object hashes its key on every dict lookup.
+            if raw_method == b"GET":
+                method = "GET"
+            elif raw_method == b"POST":
+                method = "POST"
+            else:
+                method = _METHODS.get(raw_method) or raw_method.decode("ascii")
+            method_size = len(raw_method)
         target = self._url
-        version_at = len(raw_method) + len(target) + 2
+        version_at = method_size + len(target) + 2
         self._head_in_read = True
         http_version = self._http_version(version_at)
         headers = self._headers
