@@ -29,12 +29,20 @@ $(VENV)/.installed: $(VENV)/bin/python pyproject.toml setup.py $(HOT_PATH)
 	$(PIP) install -q -e .
 	@touch $@
 
-$(VENV)/.installed-dev: $(VENV)/.installed
-	$(PIP) install -q -e '.[dev]'
+# An extra's packages, one a line, from pyproject.toml. They are installed on their own, beside
+# aserve's editable install: `pip install -e '.[dev]'` would build aserve again (a second mypyc
+# compile of the hot path, a minute or more). The editable install is made first, so that a
+# changed hot path is rebuilt before the tests run.
+EXTRA_REQUIREMENTS = $(VENV)/bin/python -c 'import sys, tomllib; \
+	extras = tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]; \
+	print("\n".join(r for extra in sys.argv[1:] for r in extras[extra]))'
+
+$(VENV)/.installed-dev: $(VENV)/bin/python pyproject.toml | $(VENV)/.installed
+	$(EXTRA_REQUIREMENTS) dev | $(PIP) install -q -r /dev/stdin
 	@touch $@
 
-$(VENV)/.installed-bench: $(VENV)/.installed
-	$(PIP) install -q -e '.[bench,dev]'
+$(VENV)/.installed-bench: $(VENV)/bin/python pyproject.toml | $(VENV)/.installed
+	$(EXTRA_REQUIREMENTS) bench dev | $(PIP) install -q -r /dev/stdin
 	@touch $@
 
 install: $(VENV)/.installed
@@ -54,12 +62,18 @@ format: $(VENV)/.installed-dev
 
 # The suite runs on the hot path as installed, then, if that is compiled, on its Python source.
 # Tests marked `once` (whole processes: supervisor, scale, e2e) do not depend on which variant
-# of the hot path runs, so the second pass leaves them out.
+# of the hot path runs, so the second pass leaves them out. Each pass spreads its tests over
+# TEST_WORKERS processes (pytest-xdist): most tests wait on sockets, timers and child processes
+# rather than on the CPU, so 4 workers on 2 cores take half the time of one or less.
+# TEST_WORKERS=0 runs a pass in one process.
+TEST_WORKERS ?= 4
+PYTEST := $(VENV)/bin/python -m pytest \
+	$(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadgroup)
 test: lint
-	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+	$(PYTEST) $(PYTEST_ARGS)
 	@if $(VENV)/bin/python -c 'import sys, aserve.protocols.http as h; sys.exit(not h.COMPILED)'; \
 	then echo "== again on the pure-Python hot path (ASERVE_NO_EXTENSIONS=1) =="; \
-	ASERVE_NO_EXTENSIONS=1 $(VENV)/bin/python -m pytest -m 'not once' $(PYTEST_ARGS); fi
+	ASERVE_NO_EXTENSIONS=1 $(PYTEST) -m 'not once' $(PYTEST_ARGS); fi
 
 # aserve behind real nginx and HAProxy (tests/e2e): installs them with apt-get when missing (with
 # nghttp2-client and Chromium, which tests/test_http2.py drives). If that fails (not root, no
@@ -90,9 +104,7 @@ bench-connections: $(VENV)/.installed-bench
 # The documentation site, built strictly (a broken link or anchor fails) into site/. Needs only
 # the docs extra's packages, not aserve itself, so it is quick on a fresh clone.
 $(VENV)/.installed-docs: $(VENV)/bin/python pyproject.toml
-	$(PIP) install -q $$($(VENV)/bin/python -c 'import tomllib; \
-		print(" ".join(tomllib.load(open("pyproject.toml", "rb"))\
-		["project"]["optional-dependencies"]["docs"]))')
+	$(EXTRA_REQUIREMENTS) docs | $(PIP) install -q -r /dev/stdin
 	@touch $@
 
 docs: $(VENV)/.installed-docs
