@@ -185,9 +185,11 @@ class Load(ClientThreads):
         new_connections: int = 2,
         http2: bool = False,
         verify: Any = True,
+        path: str = "/",
     ) -> None:
         super().__init__()
         self.url = url
+        self.path = path  # "/slow?0.05" (tests/apps/supervised.py) keeps requests in flight
         # HTTP/2 by prior knowledge (h2c) when asked: httpx with python-hyper's h2.
         self.versions = {"http1": not http2, "http2": http2}
         self.verify = verify  # httpx's: an ssl.SSLContext for a server with a test CA
@@ -216,7 +218,7 @@ class Load(ClientThreads):
         with httpx.Client(timeout=10, verify=self.verify, **self.versions) as client:
             while not self.stopping.is_set():
                 try:
-                    self._record(client.get(self.url + "/"), None)
+                    self._record(client.get(self.url + self.path), None)
                 except httpx.HTTPError as exc:
                     self._record(None, exc)
 
@@ -225,11 +227,11 @@ class Load(ClientThreads):
             try:
                 if self.versions["http2"]:
                     with httpx.Client(timeout=10, verify=self.verify, **self.versions) as client:
-                        response = client.get(self.url + "/")
+                        response = client.get(self.url + self.path)
                 else:
                     headers = {"connection": "close"}
                     response = httpx.get(
-                        self.url + "/", timeout=10, headers=headers, verify=self.verify
+                        self.url + self.path, timeout=10, headers=headers, verify=self.verify
                     )
                 self._record(response, None)
             except httpx.HTTPError as exc:

@@ -940,32 +940,249 @@ def test_hpack_bound_is_enforced_while_decoding():
 # -- graceful close ----------------------------------------------------------------------------
 
 
-def test_shutdown_sends_goaway_and_completes_streams_in_flight():
+def _rest_until_close(client: Client) -> tuple[bytes, bool]:
+    """What the server still sends, until it closes; and whether it closed cleanly (a FIN),
+    not with a reset, which could lose its last frames."""
+    data, clean = client._rest, True
+    client._rest = b""
+    client.sock.settimeout(5)
+    while True:
+        try:
+            chunk = client.sock.recv(65536)
+        except ConnectionResetError:
+            clean = False
+            break
+        if not chunk:
+            break
+        data += chunk
+    return data, clean
+
+
+def _frame_kinds(data: bytes) -> list[tuple[int, int]]:
+    """(type, stream id) of each frame in `data`."""
+    kinds = []
+    while len(data) >= 9:
+        length = int.from_bytes(data[:3], "big")
+        kinds.append((data[3], int.from_bytes(data[5:9], "big") & 0x7FFFFFFF))
+        data = data[9 + length :]
+    return kinds
+
+
+def _shutting_down(live) -> bool:
+    state = live.server.state
+    return state is not None and state.shutting_down
+
+
+def test_a_draining_connection_answers_every_stream_then_sends_its_goaway_last():
+    """A connection with a stream in flight when the server shuts down answers it, and a
+    stream the client opens meanwhile too, and only then sends its one GOAWAY, naming the
+    last stream, as the last frame before a clean close: a client that takes any GOAWAY as
+    the end of the connection (python-hyper's h2, httpx's engine, which refuses every frame
+    after it) loses nothing."""
     started = threading.Event()
     release = threading.Event()
 
     async def app(scope, receive, send):
-        started.set()
-        await asyncio.get_running_loop().run_in_executor(None, release.wait, 10)
+        if scope["path"] == "/held":
+            started.set()
+            await asyncio.get_running_loop().run_in_executor(None, release.wait, 10)
         await hello(scope, receive, send)
 
     server = serve(app)
     live = server.__enter__()
     try:
         client = connect(live)
-        stream = client.request("/")
+        held = client.request("/held")
         assert started.wait(5)
         stopper = threading.Thread(target=live.stop)
         stopper.start()
-        client.wait(lambda: client.goaway is not None)
-        assert client.goaway.error_code == 0
+        deadline = time.monotonic() + 5
+        while not _shutting_down(live) and time.monotonic() < deadline:
+            time.sleep(0.005)
+        meanwhile = client.request("/")
+        assert client.response(meanwhile).status == 200
+        assert client.goaway is None
         release.set()
-        assert client.response(stream).body == b"Hello, world!"
-        client.wait(lambda: client.goaway.last_stream_id == stream)
+        rest, clean = _rest_until_close(client)
+        assert clean
+        assert _frame_kinds(rest)[-1] == (7, 0)  # the GOAWAY, last
+        # h2 as the client: it refuses any frame after a GOAWAY, so this raises if one came.
+        events = client.conn.receive_data(rest)
+        client.handle(events)
+        assert isinstance(events[-1], h2.events.ConnectionTerminated)
+        assert (events[-1].error_code, events[-1].last_stream_id) == (0, meanwhile)
+        assert client.responses[held].ended and client.responses[held].body == b"Hello, world!"
         stopper.join(10)
         assert not stopper.is_alive()
     finally:
         release.set()
+        server.__exit__(None, None, None)
+
+
+def test_past_the_grace_new_streams_are_left_unprocessed_for_the_goaway_to_name():
+    """A stream in flight for longer than GOAWAY_GRACE (1 s): the streams the client opens
+    after it are not processed (their apps never run), so that the one in flight runs out;
+    then the GOAWAY names it, and the client knows the later ones may be sent again."""
+    started = threading.Event()
+    release = threading.Event()
+    paths: list[str] = []
+
+    async def app(scope, receive, send):
+        paths.append(scope["path"])
+        if scope["path"] == "/held":
+            started.set()
+            await asyncio.get_running_loop().run_in_executor(None, release.wait, 10)
+        await hello(scope, receive, send)
+
+    server = serve(app)
+    live = server.__enter__()
+    try:
+        client = connect(live)
+        held = client.request("/held")
+        assert started.wait(5)
+        stopper = threading.Thread(target=live.stop)
+        stopper.start()
+        time.sleep(1.5)  # past GOAWAY_GRACE: nothing to poll for, no frame is sent
+        assert client.goaway is None
+        later = client.request("/later", body=b"x" * 100)
+        time.sleep(0.2)
+        assert paths == ["/held"]
+        release.set()
+        rest, clean = _rest_until_close(client)
+        assert clean
+        events = client.conn.receive_data(rest)  # h2: nothing after the GOAWAY
+        client.handle(events)
+        assert isinstance(events[-1], h2.events.ConnectionTerminated)
+        assert events[-1].last_stream_id == held < later
+        assert client.responses[held].body == b"Hello, world!"
+        assert client.responses[later].status == 0 and client.responses[later].reset is None
+        assert paths == ["/held"]
+        stopper.join(10)
+        assert not stopper.is_alive()
+    finally:
+        release.set()
+        server.__exit__(None, None, None)
+
+
+def _goaway_waiting(sock: socket.socket, timeout: float = 10) -> None:
+    """Until the server's bytes wait unread on `sock` (its GOAWAY, sent while it was idle)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT):
+                return
+        except BlockingIOError:
+            pass
+        time.sleep(0.005)
+    raise TimeoutError("no GOAWAY")
+
+
+@pytest.mark.parametrize("ending", ["keep-alive timeout", "shutdown"])
+def test_a_request_crossing_the_goaway_is_not_processed_and_the_close_is_clean(ending):
+    """An idle connection ends with GOAWAY naming the last stream processed: a request the
+    client sent before reading it (on the wire as it left) is not processed and gets no frame
+    (a RST_STREAM after the GOAWAY is one h2 would refuse), the client learns from the GOAWAY
+    that it may send it again, and the connection ends with a FIN, not a reset that could
+    lose the GOAWAY."""
+    paths: list[str] = []
+
+    async def app(scope, receive, send):
+        paths.append(scope["path"])
+        await hello(scope, receive, send)
+
+    timeout = 0.3 if ending == "keep-alive timeout" else 60
+    server = serve(app, timeout_keep_alive=timeout)
+    live = server.__enter__()
+    try:
+        client = connect(live)
+        first = client.get("/first")
+        assert first.status == 200
+        if ending == "shutdown":
+            stopper = threading.Thread(target=live.stop)
+            stopper.start()
+        _goaway_waiting(client.sock)
+        crossing = client.request("/crossing")  # h2 has not read the GOAWAY: it sends
+        rest, clean = _rest_until_close(client)
+        assert clean
+        assert _frame_kinds(rest) == [(7, 0)]
+        events = client.conn.receive_data(rest)
+        assert isinstance(events[-1], h2.events.ConnectionTerminated)
+        assert events[-1].last_stream_id == 1 < crossing
+        assert paths == ["/first"]
+    finally:
+        server.__exit__(None, None, None)
+
+
+def test_httpx_sends_a_request_that_crossed_the_goaway_again():
+    """httpx (http2=True) sends its next request on a connection whose keep-alive timeout
+    just sent GOAWAY, before reading it (its socket is held until the GOAWAY is there):
+    the request is sent again on a new connection and answered, not failed."""
+    import httpcore
+    import httpx
+
+    class Stream(httpcore.NetworkStream):
+        def __init__(self, inner: httpcore.NetworkStream, backend: Backend) -> None:
+            self.inner, self.backend = inner, backend
+
+        def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+            return self.inner.read(max_bytes, timeout)
+
+        def write(self, buffer: bytes, timeout: float | None = None) -> None:
+            if self.backend.cross:
+                self.backend.cross = False
+                _goaway_waiting(self.inner.get_extra_info("socket"))
+            self.inner.write(buffer, timeout)
+
+        def close(self) -> None:
+            self.inner.close()
+
+        def get_extra_info(self, info: str) -> Any:
+            return self.inner.get_extra_info(info)
+
+    class Backend(httpcore.SyncBackend):
+        def __init__(self) -> None:
+            self.connections = 0
+            self.cross = False
+
+        def connect_tcp(self, *args: Any, **kwargs: Any) -> httpcore.NetworkStream:
+            self.connections += 1
+            return Stream(super().connect_tcp(*args, **kwargs), self)
+
+    backend = Backend()
+    transport = httpx.HTTPTransport(http1=False, http2=True)
+    transport._pool = httpcore.ConnectionPool(http1=False, http2=True, network_backend=backend)
+    with serve(hello, timeout_keep_alive=0.3) as server, httpx.Client(transport=transport) as c:
+        assert c.get(server.url + "/").status_code == 200
+        backend.cross = True
+        response = c.get(server.url + "/")
+        assert response.status_code == 200 and response.http_version == "HTTP/2"
+        assert not backend.cross  # it did wait for the GOAWAY
+        assert backend.connections == 2
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+def test_curl_request_in_flight_through_a_shutdown_is_answered():
+    started = threading.Event()
+
+    async def app(scope, receive, send):
+        started.set()
+        await asyncio.sleep(1.5)  # past GOAWAY_GRACE too
+        await hello(scope, receive, send)
+
+    server = serve(app)
+    live = server.__enter__()
+    try:
+        curl = subprocess.Popen(
+            ["curl", "-sS", "--http2-prior-knowledge", "-w", "\\n%{http_version}", live.url],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        assert started.wait(10)
+        live.stop()
+        out, err = curl.communicate(timeout=20)
+        assert curl.returncode == 0, err
+        assert out == b"Hello, world!\n2"
+    finally:
         server.__exit__(None, None, None)
 
 

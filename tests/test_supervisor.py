@@ -43,7 +43,7 @@ from aserve.supervisor import (
     trim_stack,
 )
 from aserve.worker import FAILED, HEARTBEAT, READY, decode, encode, task_stacks
-from processes import Load
+from processes import AserveProcess, Load
 
 APPS = Path(__file__).parent / "apps"
 
@@ -601,13 +601,15 @@ def test_sighup_restarts_every_worker_under_load_without_a_failed_request(superv
 
 
 @pytest.mark.once
-def test_sighup_under_http2_load_loses_no_request(supervised):
-    """Each draining worker ends its HTTP/2 connections with GOAWAY (docs/http2.md): the
-    clients' next requests go to the new workers, and none fails."""
+@pytest.mark.parametrize("path", ["/", "/slow?0.05"])
+def test_sighup_under_http2_load_loses_no_request(supervised, path):
+    """Each draining worker ends its HTTP/2 connections with GOAWAY once none of their
+    streams is in flight (docs/http2.md): httpx clients (with /slow, each has a request in
+    flight whenever the restart reaches it) go on to the new workers, none failing."""
     server = supervised("--workers", "2")
     server.wait_until_running()
     before = server.worker_pids()
-    with Load(server.url, http2=True) as load:
+    with Load(server.url, keep_alive=6, new_connections=2, http2=True, path=path) as load:
         load.wait_for(200)
         server.send(signal.SIGHUP)
         server.wait_for_log("Reload complete")
@@ -616,6 +618,57 @@ def test_sighup_under_http2_load_loses_no_request(supervised):
     assert load.failures == [], load.failures[:5]
     assert set(load.pids) >= server.worker_pids()  # the new workers served the load
     assert server.stop() == 0
+
+
+@pytest.mark.once
+def test_max_requests_recycles_workers_under_http2_load_without_a_failed_request(supervised):
+    """Recycling (--limit-max-requests, counting streams) ends a worker's HTTP/2 connections
+    as a restart does: each worker replaced several times, no request lost."""
+    server = supervised(
+        "--workers", "2", "--limit-max-requests", "150", "--limit-max-requests-jitter", "20"
+    )
+    server.wait_until_running()
+    first = server.worker_pids()
+    with Load(server.url, keep_alive=4, new_connections=1, http2=True) as load:
+        poll(lambda: server.log.count("requests: replacing it") >= 4 or load.failures, 60)
+        poll(lambda: len(load.pids) >= 6 or load.failures, 40)
+        load.wait_for(50)
+    assert load.failures == [], load.failures[:5]
+    assert not (server.worker_pids() & first)
+    served = [int(n) for n in re.findall(r"served (\d+) requests: replacing it", server.log)]
+    assert served and all(150 <= n <= 170 for n in served), served
+    assert server.stop() == 0
+
+
+@pytest.mark.once
+def test_sigterm_under_http2_load_answers_every_request_in_flight():
+    """One process stopped (SIGTERM) under httpx HTTP/2 load (/slow: requests always in
+    flight): every request sent before the GOAWAY is answered; one sent after it is named
+    as not processed, which httpx sends again on a new connection, and only that fails, to
+    connect (no server listens any more), never with a connection lost or a response cut."""
+    server = AserveProcess(
+        "supervised:app", "--app-dir", str(APPS), "--port", "0", "--no-access-log"
+    )
+    try:
+        port = server.wait_for_port()
+        load = Load(
+            f"http://127.0.0.1:{port}",
+            keep_alive=6,
+            new_connections=0,
+            http2=True,
+            path="/slow?0.1",
+        )
+        with load:
+            load.wait_for(60)
+            at_signal = load.ok
+            server.proc.send_signal(signal.SIGTERM)
+            assert server.proc.wait(20) == 0
+        assert load.ok >= at_signal + 6  # the six in flight, at least, were answered
+        assert all(failure.startswith("ConnectError") for failure in load.failures), load.failures
+    finally:
+        if server.proc.poll() is None:
+            server.proc.kill()
+            server.proc.wait(5)
 
 
 _H2LOAD_SUMMARY = re.compile(
@@ -627,16 +680,17 @@ _H2LOAD_SUMMARY = re.compile(
 @pytest.mark.once
 @pytest.mark.skipif(shutil.which("h2load") is None, reason="h2load (nghttp2-client) missing")
 @pytest.mark.parametrize("streams", [10, 1])
-def test_sighup_under_h2load_answers_every_request_it_sent(supervised, tmp_path, streams):
+def test_sighup_under_h2load_answers_every_request_processed(supervised, tmp_path, streams):
     """h2load (`-c 8 -m 10`, and `-m 1`, whose connections are often idle when the restart
-    reaches them) against `--workers 2` through a SIGHUP: every request it sent is answered
-    200; none is refused, reset or lost with its connection.
+    reaches them) against `--workers 2` through a SIGHUP: every request the server processed
+    is answered 200; none is reset or lost with its connection.
 
-    h2load itself gives up one request per connection, which it never sent (docs/http2.md,
-    Graceful shutdown): once it reads any GOAWAY its nghttp2 will not open another stream, so
-    the request it had queued ends unsent (REFUSED_STREAM before sending, counted failed with
-    no start time in --log-file; or dropped uncounted when the connection's end comes in the
-    same read), and h2load never opens a new HTTP/2 connection.
+    h2load gives up the requests the GOAWAY names as not processed, at most its streams per
+    connection (docs/http2.md, Graceful shutdown): those that crossed the GOAWAY, and with
+    `-m 10`, whose streams keep each connection busy past GOAWAY_GRACE, those it opened after
+    it. Its nghttp2 counts them as failed (REFUSED_STREAM, no start time in --log-file) and
+    h2load never opens a new HTTP/2 connection to send them again, as curl, browsers and
+    httpx do.
     """
     server = supervised("--workers", "2")
     server.wait_until_running()
@@ -669,13 +723,13 @@ def test_sighup_under_h2load_answers_every_request_it_sent(supervised, tmp_path,
     assert "0 4xx, 0 5xx" in output, output
     entries = [line.split("\t") for line in log.read_text().splitlines()]
     sent = [status for start, status, _ in entries if start != "0"]
-    refused_unsent = [status for start, status, _ in entries if start == "0"]
+    refused = [status for start, status, _ in entries if start == "0"]
     assert succeeded > 0 and sent == ["200"] * succeeded, output
-    assert failed == errored == len(refused_unsent), output
+    assert failed == errored == len(refused), output
     # Started and never done: dropped when the connection ended (h2load's -D summary counts
-    # those nowhere else). With the unsent ones, at most h2load's one per connection.
-    assert refused_unsent == ["-1"] * len(refused_unsent), output
-    assert (started - done) + len(refused_unsent) <= connections, output
+    # those nowhere else). With the refused ones, at most h2load's streams per connection.
+    assert refused == ["-1"] * len(refused), output
+    assert (started - done) + len(refused) <= connections * streams, output
     assert server.stop() == 0
 
 

@@ -141,10 +141,17 @@ MAX_SETTINGS: Final = 32
 MAX_CONTINUATIONS: Final = 8
 MAX_STREAM_ID: Final = 2**31 - 1
 
-# After the first GOAWAY of a graceful close (last stream id 2**31-1: "no new streams"), the
-# final one, with the real last stream id, follows the PING round trip or this many seconds.
+# A graceful close (`Http2Protocol.shutdown`) sends its one GOAWAY at the first moment no
+# stream is in flight. Until then the streams the client opens are answered, for this long (at
+# most half the graceful timeout); after it they are left unprocessed, so that the streams in
+# flight can run out and the GOAWAY names the last one processed.
 GOAWAY_GRACE: Final = 1.0
-_GOAWAY_PING: Final = b"aserveGA"
+
+# Where a connection is in its graceful close (`Http2Protocol._goaway`).
+SERVING: Final = 0  # no GOAWAY due
+DRAINING: Final = 1  # GOAWAY due once no stream is in flight; new streams are answered
+CLOSING: Final = 2  # the same, past GOAWAY_GRACE: new streams are not processed
+GONE: Final = 3  # our GOAWAY is out: streams above `_goaway_id` are not processed
 
 # The body of an `Upgrade: h2c` request arrives before HTTP/2 flow control starts: reading
 # stops while this much of it waits for its app, as for an HTTP/1.1 body.
@@ -455,6 +462,7 @@ class Http2Protocol(asyncio.Protocol):
         "_glitch_tokens",
         "_goaway",
         "_goaway_at",
+        "_goaway_id",
         "_idle_since",
         "_last_stream_id",
         "_linger_end",
@@ -535,8 +543,9 @@ class Http2Protocol(asyncio.Protocol):
         self.flow = UNPAUSED
         self.closed = False
         self._closing = False  # the final GOAWAY is out: close once no stream is left
-        self._goaway = 0  # 0: none sent; 1: the first of a graceful close; 2: the last
+        self._goaway = SERVING  # SERVING, DRAINING, CLOSING or GONE (above)
         self._goaway_at = 0.0
+        self._goaway_id = 0  # CLOSING, GONE: the last stream processed, which GOAWAY names
         self._defaults_h1 = b""
         self._defaults_h2 = b""
         self.server: tuple[str, int | None] | None = None
@@ -663,6 +672,7 @@ class Http2Protocol(asyncio.Protocol):
             self._reading_frames = False
             if self._starting is not None:
                 self._start_streams()
+            self._goaway_if_drained()
         except H2ConnectionError as exc:
             self._connection_error(exc.code, exc.reason)
         except HpackError as hpack_error:
@@ -711,6 +721,11 @@ class Http2Protocol(asyncio.Protocol):
 
     def _zombie_done(self, task: asyncio.Task[Any]) -> None:
         self._zombies -= 1
+
+    def _ignored(self, stream_id: int) -> bool:
+        """Is the stream one the client opened after our GOAWAY? Its frames are dropped
+        unanswered: the GOAWAY told the client it is not processed (RFC 9113, 6.8)."""
+        return self._goaway >= CLOSING and self._goaway_id < stream_id <= self._last_stream_id
 
     def _idle(self, stream_id: int) -> bool:
         """Is the stream idle, never opened? Ids above the last the client opened, and every
@@ -872,12 +887,14 @@ class Http2Protocol(asyncio.Protocol):
             self._on_trailers(stream, flags, fields)
             return
         if stream_id <= self._last_stream_id:
+            if self._ignored(stream_id):
+                return  # trailers of a stream not processed
             raise H2ConnectionError(STREAM_CLOSED, "HEADERS on a closed stream")
         if not stream_id & 1:
             raise H2ConnectionError(PROTOCOL_ERROR, "even stream id from a client")
         self._last_stream_id = stream_id
-        if self._goaway == 2:
-            return  # after the final GOAWAY: not processed, as it said (RFC 9113, 6.8)
+        if self._goaway >= CLOSING:
+            return  # not processed, as our GOAWAY says or will say (RFC 9113, 6.8)
         if len(self._streams) + self._zombies >= self.max_concurrent_streams:
             self._reset_id(stream_id, REFUSED_STREAM)
             return
@@ -907,7 +924,7 @@ class Http2Protocol(asyncio.Protocol):
         if stream_id == MAX_STREAM_ID:
             # The client has no stream id left: it finishes here and goes on on a new
             # connection (RFC 9113, 5.1.1), which the GOAWAY tells it at once.
-            self.shutdown()
+            self._final_goaway()
 
     def _open_stream(
         self, stream_id: int, fields: list[tuple[bytes, ...]], end_stream: bool
@@ -1173,6 +1190,8 @@ class Http2Protocol(asyncio.Protocol):
             self._glitch("empty DATA frames")
         stream = self._streams.get(stream_id)
         if stream is None:
+            if self._ignored(stream_id):
+                return
             if self._idle(stream_id):
                 raise H2ConnectionError(PROTOCOL_ERROR, "DATA on an idle stream")
             if stream_id not in self._reset_ids:
@@ -1242,6 +1261,8 @@ class Http2Protocol(asyncio.Protocol):
             return
         stream = self._streams.get(stream_id)
         if stream is None:
+            if self._ignored(stream_id):
+                return
             if self._idle(stream_id):
                 raise H2ConnectionError(PROTOCOL_ERROR, "WINDOW_UPDATE on an idle stream")
             self._glitch("WINDOW_UPDATE frames")
@@ -1311,6 +1332,8 @@ class Http2Protocol(asyncio.Protocol):
             raise H2ConnectionError(FRAME_SIZE_ERROR, "RST_STREAM of a wrong size")
         if stream_id == 0:
             raise H2ConnectionError(PROTOCOL_ERROR, "RST_STREAM on stream 0")
+        if self._ignored(stream_id):
+            return
         if self._idle(stream_id):
             raise H2ConnectionError(PROTOCOL_ERROR, "RST_STREAM on an idle stream")
         self._spend_reset("RST_STREAM")
@@ -1331,10 +1354,7 @@ class Http2Protocol(asyncio.Protocol):
         if stream_id != 0:
             raise H2ConnectionError(PROTOCOL_ERROR, "PING on a stream")
         if flags & ACK:
-            if data[start:stop] == _GOAWAY_PING and self._goaway == 1:
-                self._final_goaway()
-            else:
-                self._glitch("PING acknowledgements")  # of a PING we never sent
+            self._glitch("PING acknowledgements")  # of a PING we never sent
             return
         self._glitch("PING frames")
         self.write(b"\x00\x00\x08\x06\x01\x00\x00\x00\x00" + data[start:stop])
@@ -1378,8 +1398,7 @@ class Http2Protocol(asyncio.Protocol):
             error_logger.debug(
                 "HTTP/2 client ended the connection (%s)", ERROR_NAMES.get(code, str(code))
             )
-            self._goaway = 2
-            self.write(self._goaway_frame(NO_ERROR))
+            self._send_goaway(NO_ERROR)
             self._close()
             self._lose_streams()
             return
@@ -1556,7 +1575,7 @@ class Http2Protocol(asyncio.Protocol):
 
     def response_done(self, stream: Http2Stream) -> None:
         """The cycle's response is complete (its END_STREAM may still wait for a window)."""
-        if self.state.shutting_down and self._goaway == 0:
+        if self.state.shutting_down and self._goaway == SERVING:
             self.shutdown()  # a draining worker: the client goes on elsewhere
 
     def _forget(self, stream: Http2Stream) -> None:
@@ -1568,6 +1587,8 @@ class Http2Protocol(asyncio.Protocol):
                 self._arm(self._idle_since + self.state.timeout_keep_alive)
                 if self._closing:
                     self._close()
+                elif not self._reading_frames:  # else once they are (`data_received`)
+                    self._goaway_if_drained()
 
     def reset_stream(self, stream: Http2Stream, code: int) -> None:
         """End a stream whose response cannot be completed (the cycle's `abort`)."""
@@ -1692,8 +1713,7 @@ class Http2Protocol(asyncio.Protocol):
             self._peer(),
             reason,
         )
-        self._goaway = 2
-        self.write(self._goaway_frame(code, reason.encode("ascii", "replace")))
+        self._send_goaway(code, reason.encode("ascii", "replace"))
         self._close()
         self._lose_streams()
 
@@ -1713,31 +1733,27 @@ class Http2Protocol(asyncio.Protocol):
         client = self.client
         return f"{client[0]}:{client[1]}" if client else "a Unix socket"
 
-    def _goaway_frame(self, code: int, debug: bytes = b"") -> bytes:
-        payload = self._last_stream_id.to_bytes(4, "big") + code.to_bytes(4, "big") + debug
-        return frame_header(len(payload), GOAWAY, 0, 0) + payload
-
-    def _start_goaway(self) -> None:
-        """Begin a graceful close: a GOAWAY that says "no new streams" while admitting those
-        already on their way (last stream id 2**31-1), and a PING whose answer tells that the
-        client has seen it; the final GOAWAY follows (`_final_goaway`)."""
-        if self._goaway != 0 or self.closed:
-            return
-        self._goaway = 1
-        payload = MAX_WINDOW.to_bytes(4, "big") + NO_ERROR.to_bytes(4, "big")
-        self.write(frame_header(8, GOAWAY, 0, 0) + payload)
-        self.write(b"\x00\x00\x08\x06\x00\x00\x00\x00\x00" + _GOAWAY_PING)
-        self._goaway_at = self.loop.time()
-        self._arm(self._goaway_at + GOAWAY_GRACE)
-        if not self.dispatching:
-            self._flush()
+    def _send_goaway(self, code: int, debug: bytes = b"") -> None:
+        """Our GOAWAY, naming the last stream processed; a later one (an error after a
+        graceful one) names the same: the streams opened after the first are ignored."""
+        if self._goaway < CLOSING:
+            self._goaway_id = self._last_stream_id
+        self._goaway = GONE
+        payload = self._goaway_id.to_bytes(4, "big") + code.to_bytes(4, "big") + debug
+        self.write(frame_header(len(payload), GOAWAY, 0, 0) + payload)
 
     def _final_goaway(self) -> None:
-        self._goaway = 2
+        """The GOAWAY of a graceful close: the streams up to the last one processed are
+        answered, then the connection closes; those after it were not processed, which
+        tells the client it may send them again, on a new connection."""
+        if self._goaway == GONE or self.closed:
+            return
+        self._send_goaway(NO_ERROR)
         self._closing = True
-        self.write(self._goaway_frame(NO_ERROR))
         if len(self._streams) == 0:
             self._close()
+        elif not self.dispatching:
+            self._flush()
 
     def _close(self) -> None:
         """Close once what was written has left, lingering as HTTP/1.1 does (see
@@ -1769,14 +1785,26 @@ class Http2Protocol(asyncio.Protocol):
         self.transport.close()
 
     def shutdown(self) -> None:
-        """Graceful shutdown: GOAWAY, the streams in flight are answered, then close.
+        """Graceful shutdown: one GOAWAY, sent when no stream is in flight, then close.
 
-        A connection with no stream open gets the final GOAWAY at once: a request that
-        crosses it on the wire has a higher id, which tells the client it was not processed
-        and may be retried elsewhere. One with streams open gets the two-step GOAWAY of
-        `_start_goaway`, which admits the requests already on their way. A connection
-        lingering after its last frame (`_close`) closes now, as HTTP/1.1's does. An app
-        streaming a response is told the connection ends (`RequestCycle.shutdown`).
+        A connection with no stream open gets its GOAWAY at once, naming the last stream
+        processed: a request that crosses it on the wire has a higher id, which tells the
+        client it was not processed and may be sent again (on a new connection).
+
+        A connection with streams open gets nothing yet (DRAINING): its streams are
+        answered, and so is every stream the client opens meanwhile, and the GOAWAY goes at
+        the first moment no stream is in flight (`_forget`, `data_received`). If that moment
+        has not come after GOAWAY_GRACE (CLOSING), the streams opened from then on are left
+        unprocessed, so that those in flight run out and the GOAWAY names the last stream
+        processed. A GOAWAY sent while a response is still on its way is one RFC 9113, 6.8
+        has the client go on after, but python-hyper's h2 (httpx) refuses every frame after
+        a GOAWAY, and that response would fail; the RFC's two-step GOAWAY (2**31-1, a PING,
+        the real last id) fails the same way there. A GOAWAY after the last frame of the last
+        response fails no client: each request either was answered or is named as not
+        processed, which every client sends again on a new connection.
+
+        A connection lingering after its GOAWAY (`_close`) closes now, as HTTP/1.1's does.
+        An app streaming a response is told the connection ends (`RequestCycle.shutdown`).
         """
         if self._lingering:
             transport = self.transport
@@ -1787,13 +1815,24 @@ class Http2Protocol(asyncio.Protocol):
             return
         for stream in list(self._streams.values()):
             stream.shutdown()
-        if self._goaway == 0:
+        if self._goaway == SERVING:
             if len(self._streams) == 0 and self._block is None:
                 self._final_goaway()
             else:
-                self._start_goaway()
-        elif self._goaway == 2 and len(self._streams) == 0:
+                self._goaway = DRAINING
+                self._goaway_at = self.loop.time()
+                self._arm(self._goaway_at + self._goaway_grace())
+        elif self._goaway == GONE and len(self._streams) == 0:
             self._close()
+
+    def _goaway_if_drained(self) -> None:
+        """A graceful close waits for the first moment no stream is in flight: now?"""
+        if DRAINING <= self._goaway <= CLOSING and len(self._streams) == 0 and self._block is None:
+            self._final_goaway()
+
+    def _goaway_grace(self) -> float:
+        timeout = self.state.config.timeout_graceful_shutdown
+        return GOAWAY_GRACE if timeout is None else min(GOAWAY_GRACE, timeout / 2)
 
     # -- the connection's one timer --------------------------------------------------------
 
@@ -1818,7 +1857,8 @@ class Http2Protocol(asyncio.Protocol):
         body      a stream's body with no DATA for --timeout-request-body-idle while its
                   window was open: 408, or RST_STREAM once a response started
         request   --timeout-request since a stream's app was called, without a response
-        goaway    the final GOAWAY of a graceful close, if the PING was not answered
+        goaway    a graceful close's GOAWAY, if no moment without a stream in flight came
+                  within GOAWAY_GRACE
         settings  our SETTINGS not acknowledged within --timeout-request-header: GOAWAY
                   SETTINGS_TIMEOUT
         stalled   the socket took none of our bytes (writing stayed paused) for
@@ -1842,12 +1882,14 @@ class Http2Protocol(asyncio.Protocol):
         state = self.state
         now = self.loop.time()
         deadline = now + state.timeout_keep_alive
-        if self._goaway == 1:
-            at = self._goaway_at + GOAWAY_GRACE
+        if self._goaway == DRAINING:
+            at = self._goaway_at + self._goaway_grace()
             if now >= at:
-                self._final_goaway()
-                if self.closed:
-                    return
+                # No moment without a stream in flight came: the streams opened from now on
+                # are not processed, so that those in flight run out; the GOAWAY will name
+                # the last one processed.
+                self._goaway = CLOSING
+                self._goaway_id = self._last_stream_id
             else:
                 deadline = min(deadline, at)
         if self._block is not None:
@@ -1877,9 +1919,7 @@ class Http2Protocol(asyncio.Protocol):
             )
             at = self._idle_since + timeout
             if now >= at:
-                self._goaway = 2
-                self.write(self._goaway_frame(NO_ERROR))
-                self._close()
+                self._final_goaway()
                 return
             deadline = min(deadline, at)
         self.dispatching = True
