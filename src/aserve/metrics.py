@@ -113,6 +113,8 @@ class Metrics:
         self.http2_connections += 1
 
     def http2_request(self) -> None:
+        """A request on an HTTP/2 stream (a WebSocket's stream is none)."""
+        self.requests += 1
         self.http2_requests += 1
 
     def websocket_accepted(self) -> None:

@@ -11,7 +11,9 @@ It also builds the scope every version shares (`build_scope`, `connection_parts`
 The contract between a cycle and its framing:
 
   In, called by the framing (the connection or stream that parsed the request):
-    RequestCycle(state, scope, head_only)    a head was parsed (scope from `build_scope`)
+    RequestCycle(state, scope, head_only)    a head was parsed (scope from `build_scope`);
+                                             the framing counts it in the metrics, as a
+                                             WebSocket's stream is made as a cycle too
     run_app()                                its turn came: call the app; the Task while it
                                              runs on, None once it is done
     feed_body(data) / end_body()             a piece of the request body / its end
@@ -144,8 +146,6 @@ class RequestCycle:
         self.ext: Any = None
         if state.access_log is not None or state.metrics is not None:
             self.start_time = state.duration_clock()
-            if state.metrics is not None:
-                state.metrics.request_received()
 
     # -- driven by the framing -------------------------------------------------------------
 

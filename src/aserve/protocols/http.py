@@ -895,6 +895,8 @@ class HttpProtocol(asyncio.Protocol):
         cycle = Http11Cycle(
             self, scope, http10, method == "HEAD", keep_alive, expect_100 and not http10
         )
+        if state.metrics is not None:
+            state.metrics.request_received()
         if self._te is not None:
             # Trailers only for a client that says it takes them (and chunks: not HTTP/1.0).
             if not http10:

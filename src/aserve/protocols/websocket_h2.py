@@ -49,13 +49,11 @@ def open_websocket(conn: Http2Protocol, stream: Http2Stream) -> StreamTransport:
     """The transport of the WebSocket an extended CONNECT opened on `stream`.
 
     The stream is not a request: the cycle it was made as never runs (no app call of its own,
-    no response through it), so it is marked complete, and it is not counted as a request in
-    the metrics, as an HTTP/1.1 WebSocket handshake is not (the WebSocket metrics count it).
+    no response through it), so it is marked complete. Nor is it counted as a request in the
+    metrics (`Http2Protocol._open_stream` counts the others), as an HTTP/1.1 WebSocket
+    handshake is not: the WebSocket metrics count it.
     """
     stream.complete = True
-    metrics = conn.state.metrics
-    if metrics is not None:
-        metrics.requests -= 1  # (the cycle's constructor counted it)
     return StreamTransport(conn, stream)
 
 
