@@ -9,6 +9,7 @@ and deadlines per stream, the extensions, and a graceful close with GOAWAY.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import shutil
 import socket
@@ -973,36 +974,56 @@ def _shutting_down(live) -> bool:
     return state is not None and state.shutting_down
 
 
+class Held:
+    """An app whose /held request waits until `release` is set (in a thread: the server's
+    loop runs on); the others are answered at once. `paths`: each request's path."""
+
+    def __init__(self) -> None:
+        self.started = threading.Event()
+        self.release = threading.Event()
+        self.paths: list[str] = []
+
+    async def __call__(self, scope, receive, send):
+        self.paths.append(scope["path"])
+        if scope["path"] == "/held":
+            self.started.set()
+            await asyncio.get_running_loop().run_in_executor(None, self.release.wait, 10)
+        await hello(scope, receive, send)
+
+
+@contextlib.contextmanager
+def _stopped_while_held(app: Held) -> Any:
+    """A server told to stop while a client's /held request is in flight: (the server, the
+    client, the held stream). The stop completes once the app is released."""
+    with serve(app) as live:
+        try:
+            client = connect(live)
+            held = client.request("/held")
+            assert app.started.wait(5)
+            stopper = threading.Thread(target=live.stop)
+            stopper.start()
+            yield live, client, held
+            stopper.join(10)
+            assert not stopper.is_alive()
+        finally:
+            app.release.set()
+
+
 def test_a_draining_connection_answers_every_stream_then_sends_its_goaway_last():
     """A connection with a stream in flight when the server shuts down answers it, and a
     stream the client opens meanwhile too, and only then sends its one GOAWAY, naming the
     last stream, as the last frame before a clean close: a client that takes any GOAWAY as
     the end of the connection (python-hyper's h2, httpx's engine, which refuses every frame
     after it) loses nothing."""
-    started = threading.Event()
-    release = threading.Event()
-
-    async def app(scope, receive, send):
-        if scope["path"] == "/held":
-            started.set()
-            await asyncio.get_running_loop().run_in_executor(None, release.wait, 10)
-        await hello(scope, receive, send)
-
-    server = serve(app)
-    live = server.__enter__()
-    try:
-        client = connect(live)
-        held = client.request("/held")
-        assert started.wait(5)
-        stopper = threading.Thread(target=live.stop)
-        stopper.start()
+    app = Held()
+    with _stopped_while_held(app) as (live, client, held):
         deadline = time.monotonic() + 5
         while not _shutting_down(live) and time.monotonic() < deadline:
             time.sleep(0.005)
         meanwhile = client.request("/")
         assert client.response(meanwhile).status == 200
         assert client.goaway is None
-        release.set()
+        app.release.set()
         rest, clean = _rest_until_close(client)
         assert clean
         assert _frame_kinds(rest)[-1] == (7, 0)  # the GOAWAY, last
@@ -1012,42 +1033,20 @@ def test_a_draining_connection_answers_every_stream_then_sends_its_goaway_last()
         assert isinstance(events[-1], h2.events.ConnectionTerminated)
         assert (events[-1].error_code, events[-1].last_stream_id) == (0, meanwhile)
         assert client.responses[held].ended and client.responses[held].body == b"Hello, world!"
-        stopper.join(10)
-        assert not stopper.is_alive()
-    finally:
-        release.set()
-        server.__exit__(None, None, None)
 
 
 def test_past_the_grace_new_streams_are_left_unprocessed_for_the_goaway_to_name():
     """A stream in flight for longer than GOAWAY_GRACE (1 s): the streams the client opens
     after it are not processed (their apps never run), so that the one in flight runs out;
     then the GOAWAY names it, and the client knows the later ones may be sent again."""
-    started = threading.Event()
-    release = threading.Event()
-    paths: list[str] = []
-
-    async def app(scope, receive, send):
-        paths.append(scope["path"])
-        if scope["path"] == "/held":
-            started.set()
-            await asyncio.get_running_loop().run_in_executor(None, release.wait, 10)
-        await hello(scope, receive, send)
-
-    server = serve(app)
-    live = server.__enter__()
-    try:
-        client = connect(live)
-        held = client.request("/held")
-        assert started.wait(5)
-        stopper = threading.Thread(target=live.stop)
-        stopper.start()
+    app = Held()
+    with _stopped_while_held(app) as (_, client, held):
         time.sleep(1.5)  # past GOAWAY_GRACE: nothing to poll for, no frame is sent
         assert client.goaway is None
         later = client.request("/later", body=b"x" * 100)
         time.sleep(0.2)
-        assert paths == ["/held"]
-        release.set()
+        assert app.paths == ["/held"]
+        app.release.set()
         rest, clean = _rest_until_close(client)
         assert clean
         events = client.conn.receive_data(rest)  # h2: nothing after the GOAWAY
@@ -1056,12 +1055,7 @@ def test_past_the_grace_new_streams_are_left_unprocessed_for_the_goaway_to_name(
         assert events[-1].last_stream_id == held < later
         assert client.responses[held].body == b"Hello, world!"
         assert client.responses[later].status == 0 and client.responses[later].reset is None
-        assert paths == ["/held"]
-        stopper.join(10)
-        assert not stopper.is_alive()
-    finally:
-        release.set()
-        server.__exit__(None, None, None)
+        assert app.paths == ["/held"]
 
 
 def _goaway_waiting(sock: socket.socket, timeout: float = 10) -> None:

@@ -633,3 +633,31 @@ def test_receiving_is_flow_controlled_by_the_app(app):
         for _ in range(sent // 16_000):
             assert ws.message(timeout=10) == b"m" * 16_000
         assert ws.message(timeout=10) == "after"
+
+
+def test_the_body_idle_timeout_never_cuts_a_websocket_or_its_connection(app):
+    """--timeout-request-body-idle (1 s here) bounds a request body that stops arriving and a
+    socket that takes none of aserve's bytes; neither cuts a WebSocket. One quiet for longer
+    (no DATA either way) goes on, and one whose client stops reading its socket for a while
+    (the app's 40 MB then wait on the full socket) gets every message once the client reads
+    again; a request on the same connection is answered after both."""
+    huge = {h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 2**31 - 1}
+    with serving(app, timeout_request_body_idle=1.0, ws_ping_interval=None) as server:
+        quiet = WebSocketOverH2(server.port)
+        quiet.send("before")
+        assert quiet.message() == "before"
+        time.sleep(1.5)  # quiet past the timeout: nothing to poll for
+        quiet.send("after the quiet")
+        assert quiet.message() == "after the quiet"
+        assert quiet.client.get("/").status == 200
+
+        flood = WebSocketOverH2(server.port, "/flood", settings=huge)
+        flood.client.conn.increment_flow_control_window(2**31 - 1 - 65535)
+        flood.client.flush()
+        time.sleep(0.5)  # not reading, for less than the timeout
+        assert len(app.sent_at) < 40
+        for _ in range(40):
+            assert flood.message(timeout=20) == b"f" * 1_000_000
+        flood.send("still here")
+        assert flood.message() == "still here"
+        assert flood.client.get("/").status == 200
