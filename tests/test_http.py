@@ -181,6 +181,21 @@ def test_connection_close_from_client():
     assert data.endswith(b"Hello, world!")  # and the server closed: request() returned
 
 
+@pytest.mark.parametrize(
+    "field", [b"Connection: close", b"Proxy-Connection: close", b"connection: keep-alive, Close"]
+)
+def test_connection_close_in_any_form_from_client(field):
+    """Every field llhttp reads as the connection's (Proxy-Connection too, any case, in a
+    list) ends it after the answer; other fields and no field keep it."""
+    with serve(hello) as server, server.connect() as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nX-Connection: close\r\n\r\n")
+        assert b"connection: close" not in read_response(sock)
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n%s\r\n\r\n" % field)
+        data = read_until_close(sock)
+    assert b"\r\nconnection: close\r\n" in data
+    assert data.endswith(b"Hello, world!")
+
+
 def test_connection_close_from_app():
     async def app(scope, receive, send):
         await send(

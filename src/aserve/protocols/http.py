@@ -457,6 +457,7 @@ class HttpProtocol(asyncio.Protocol):
         "_callbacks",
         "_chunks",
         "_closed",
+        "_connection_field",
         "_content_length",
         "_data",
         "_ending",
@@ -547,6 +548,9 @@ class HttpProtocol(asyncio.Protocol):
         self._line_chunk: bytes | None = None
         self._expect_100 = False
         self._forwarded = False
+        # The head has a Connection (or Proxy-Connection, which llhttp reads the same) field:
+        # only then is llhttp asked whether an HTTP/1.1 request keeps the connection.
+        self._connection_field = False
         # The head being parsed, as far as the rules of RFC 9112 and our limits need it.
         self._host: bytes | None = None
         self._transfer_encoding: bytes | None = None
@@ -754,6 +758,8 @@ class HttpProtocol(asyncio.Protocol):
             self._forwarded = True
         elif size == 7 and name == b"upgrade" and self._upgrade_offer is None:
             self._upgrade_offer = value.lower()
+        elif (size == 10 and name == b"connection") or (size == 16 and name == b"proxy-connection"):
+            self._connection_field = True
         elif size == 14 and name == b"content-length":
             self._content_length = int(value)  # llhttp has checked it: digits, only one
         elif size == 17 and name == b"transfer-encoding":
@@ -828,6 +834,7 @@ class HttpProtocol(asyncio.Protocol):
             headers = []
         expect_100 = self._expect_100
         forwarded = self._forwarded
+        connection_field = self._connection_field
         upgrade_offer = self._upgrade_offer
         host = self._host
         content_length = self._content_length
@@ -835,7 +842,7 @@ class HttpProtocol(asyncio.Protocol):
         # Ready for the next request head (no on_message_begin: one Python call less each).
         self._url = b""
         self._headers = None
-        self._expect_100 = self._forwarded = False
+        self._expect_100 = self._forwarded = self._connection_field = False
         self._upgrade_offer = None
         self._host = None
         self._content_length = -1
@@ -877,7 +884,12 @@ class HttpProtocol(asyncio.Protocol):
             self._extensions,
             self._proxy if forwarded else None,
         )
-        keep_alive = parser.should_keep_alive() and not state.shutting_down
+        # llhttp keeps an HTTP/1.1 request's connection unless a Connection field says
+        # `close`: without one, the answer is known (a call and ~250 instructions less).
+        if connection_field or http_version != "1.1":
+            keep_alive = parser.should_keep_alive() and not state.shutting_down
+        else:
+            keep_alive = not state.shutting_down
         # llhttp only upgrades on an Upgrade header or CONNECT: skip the call otherwise.
         if (upgrade_offer is not None or method == "CONNECT") and parser.should_upgrade():
             self._upgrade = upgrade_offer or b""
