@@ -56,11 +56,13 @@ def test_the_counts_are_shared_with_a_forked_child():
     with warnings.catch_warnings():  # pytest's own threads: the child only writes and exits
         warnings.simplefilter("ignore", DeprecationWarning)
         pid = os.fork()
-    if pid == 0:  # the worker side
-        child = shares.slot(1)
-        child.join()
-        child.add(7)
-        os._exit(0)
+    if pid == 0:  # the worker side: never back into pytest, whatever happens
+        try:
+            child = shares.slot(1)
+            child.join()
+            child.add(7)
+        finally:
+            os._exit(0)
     os.waitpid(pid, 0)
     assert shares.counts() == [0, 7]
 

@@ -222,13 +222,15 @@ def test_own_memory_leaves_out_pages_shared_with_the_parent():
         # pytest's threads: the child only touches memory and sleeps, it takes no lock.
         warnings.simplefilter("ignore", DeprecationWarning)
         pid = os.fork()
-    if pid == 0:
-        os.close(reader)
-        own = bytearray(32 * 1024 * 1024)  # written after: the child's own
-        own[::4096] = b"y" * len(own[::4096])
-        os.write(writer, b"1")
-        time.sleep(60)
-        os._exit(0)
+    if pid == 0:  # never back into pytest (its xdist channel), whatever happens
+        try:
+            os.close(reader)
+            own = bytearray(32 * 1024 * 1024)  # written after: the child's own
+            own[::4096] = b"y" * len(own[::4096])
+            os.write(writer, b"1")
+            time.sleep(60)
+        finally:
+            os._exit(0)
     os.close(writer)
     try:
         assert os.read(reader, 1) == b"1"
